@@ -1,0 +1,5 @@
+"""``python -m edgemm`` runs the CLI."""
+
+from edgemm.cli import main
+
+main()

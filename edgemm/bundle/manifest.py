@@ -1,0 +1,309 @@
+"""The bundle manifest (``edgemm.json``, schema ``edgemm.bundle/1``) as typed dataclasses.
+
+Parsing is strict: unknown schema versions, duplicate JSON keys, non-finite numbers, wrong types
+and unsafe paths are refused with :class:`~edgemm.errors.BundleError` before anything else
+trusts the content.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgemm.errors import BundleError
+
+SCHEMA = "edgemm.bundle/1"
+MANIFEST_NAME = "edgemm.json"
+# A manifest is metadata; anything bigger than this is not one of ours.
+MAX_MANIFEST_BYTES = 16 * 2**20
+
+DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+TASKS = (
+    "classification",
+    "multilabel",
+    "matching",
+    "regression",
+    "zero_shot_classification",
+    "image_text_similarity",
+    "embedding",
+)
+MODALITIES = ("text", "image", "audio")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the bundle: its relative path, size and sha256."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output.
+
+    ``shape`` holds ints for fixed axes and names for dynamic ones; ``profile`` maps each
+    dynamic axis name to ``[min, opt, max]`` (the shapes TensorRT profiles are built from).
+    """
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    profile: dict[str, list[int]] = field(default_factory=dict)
+
+    def dims_for(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape for the given dynamic-axis sizes."""
+        return tuple(d if isinstance(d, int) else sizes[d] for d in self.shape)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A runnable model file (plus companions such as ONNX external data) and its measurements."""
+
+    name: str
+    path: str
+    kind: str
+    precision: str
+    files: list[str]
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    quantization: dict[str, Any] | None = None
+    requirements: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """The whole ``edgemm.json``. Build it, then :func:`edgemm.bundle.write_manifest` hashes files."""
+
+    name: str
+    task: str
+    modalities: dict[str, dict[str, Any]]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: dict[str, dict[str, Any]]
+    postprocessing: dict[str, Any]
+    artifacts: list[Artifact]
+    labels: list[str] = field(default_factory=list)
+    created_by: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    golden: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    # -- access ---------------------------------------------------------------------------
+
+    def artifact(self, name: str) -> Artifact:
+        """The artifact called ``name``; raises BundleError listing the valid names."""
+        for art in self.artifacts:
+            if art.name == name:
+                return art
+        valid = ", ".join(a.name for a in self.artifacts)
+        raise BundleError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
+
+    def required_modalities(self) -> list[str]:
+        """Modalities a request must carry."""
+        return [m for m, info in self.modalities.items() if info.get("required", True)]
+
+    # -- (de)serialisation ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with ``schema`` first."""
+        data = asdict(self)
+        data.pop("schema")
+        return {"schema": self.schema, **data}
+
+    def to_json(self) -> str:
+        """Canonical JSON text (sorted keys inside sections, UTF-8, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate manifest JSON; raises BundleError on anything unexpected."""
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise BundleError("The manifest is larger than 16 MiB.", hint="This is not an edgemm bundle.")
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleError(f"The manifest is not valid JSON: {exc}", hint=_REBUILD) from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Validate a parsed manifest dict and build the dataclasses."""
+        v = _Validator()
+        obj = v.obj(data, "manifest")
+        schema = v.str_(obj.get("schema"), "schema")
+        if schema != SCHEMA:
+            raise BundleError(
+                f"Unsupported bundle schema {schema!r}; this edgemm reads {SCHEMA!r}.",
+                hint="Re-export the bundle with this edgemm version, or upgrade edgemm.",
+            )
+        task = v.str_(obj.get("task"), "task")
+        if task not in TASKS:
+            raise BundleError(f"Unknown task {task!r} in the manifest.", hint=f"Known: {', '.join(TASKS)}.")
+        modalities = v.obj(obj.get("modalities"), "modalities")
+        for name in modalities:
+            if name not in MODALITIES:
+                raise BundleError(f"Unknown modality {name!r} in the manifest.", hint=_REBUILD)
+        files = [
+            FileEntry(
+                path=v.path(f.get("path"), f"files[{i}].path"),
+                sha256=v.sha256(f.get("sha256"), f"files[{i}].sha256"),
+                bytes=v.int_(f.get("bytes"), f"files[{i}].bytes", minimum=0),
+            )
+            for i, f in enumerate(v.list_of_obj(obj.get("files", []), "files"))
+        ]
+        seen: set[str] = set()
+        for entry in files:
+            key = entry.path.casefold()
+            if key in seen:
+                raise BundleError(f"The manifest lists {entry.path!r} twice.", hint=_REBUILD)
+            seen.add(key)
+        listed = {f.path for f in files}
+        artifacts = []
+        for i, a in enumerate(v.list_of_obj(obj.get("artifacts"), "artifacts")):
+            art_files = [v.path(p, f"artifacts[{i}].files") for p in v.list_(a.get("files"), "files")]
+            art = Artifact(
+                name=v.str_(a.get("name"), f"artifacts[{i}].name"),
+                path=v.path(a.get("path"), f"artifacts[{i}].path"),
+                kind=v.str_(a.get("kind"), f"artifacts[{i}].kind"),
+                precision=v.str_(a.get("precision"), f"artifacts[{i}].precision"),
+                files=art_files,
+                providers=[v.str_(p, "providers") for p in v.list_(a.get("providers", []), "providers")],
+                quantization=a.get("quantization"),
+                requirements=v.obj(a.get("requirements", {}), "requirements"),
+                validation=v.obj(a.get("validation", {}), "validation"),
+            )
+            for p in [art.path, *art.files]:
+                if files and p not in listed:
+                    raise BundleError(f"Artifact {art.name!r} names {p!r}, which is not listed.", hint=_REBUILD)
+            artifacts.append(art)
+        if not artifacts:
+            raise BundleError("The manifest lists no artifacts.", hint=_REBUILD)
+        golden = obj.get("golden")
+        if golden is not None:
+            golden = v.path(golden, "golden")
+            if files and golden not in listed:
+                raise BundleError(f"The golden set {golden!r} is not listed.", hint=_REBUILD)
+        return cls(
+            name=v.str_(obj.get("name"), "name"),
+            task=task,
+            modalities=modalities,
+            inputs=[v.tensor(t, f"inputs[{i}]") for i, t in enumerate(v.list_of_obj(obj.get("inputs"), "inputs"))],
+            outputs=[v.tensor(t, f"outputs[{i}]") for i, t in enumerate(v.list_of_obj(obj.get("outputs"), "outputs"))],
+            preprocessing=v.obj(obj.get("preprocessing", {}), "preprocessing"),
+            postprocessing=v.obj(obj.get("postprocessing", {}), "postprocessing"),
+            artifacts=artifacts,
+            labels=[v.str_(x, "labels") for x in v.list_(obj.get("labels", []), "labels")],
+            created_by=v.obj(obj.get("created_by", {}), "created_by"),
+            source=v.obj(obj.get("source", {}), "source"),
+            validation=v.obj(obj.get("validation", {}), "validation"),
+            golden=golden,
+            files=files,
+        )
+
+
+_REBUILD = "The bundle is damaged or was not written by edgemm; export it again."
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def check_relative_path(path: str, what: str = "path") -> str:
+    """Return ``path`` if it is a safe bundle-relative POSIX path, else raise BundleError.
+
+    Safe means: non-empty, relative, no ``..`` or ``.`` parts, no backslashes, drive letters,
+    NUL or control characters, and already normalised.
+    """
+    bad = (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(ord(c) < 32 for c in path)
+        or (len(path) > 1 and path[1] == ":")
+        or posixpath.normpath(path) != path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or len(path) > 512
+    )
+    if bad:
+        raise BundleError(f"Unsafe {what} {path!r} in the manifest: it must stay inside the bundle.", hint=_REBUILD)
+    return path
+
+
+class _Validator:
+    """Small typed accessors that raise BundleError naming the offending field."""
+
+    def _fail(self, where: str, expected: str, got: Any) -> BundleError:
+        return BundleError(
+            f"Manifest field {where} should be {expected}, got {type(got).__name__}.", hint=_REBUILD
+        )
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self._fail(where, "an object", value)
+        return value
+
+    def list_(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self._fail(where, "a list", value)
+        return value
+
+    def list_of_obj(self, value: Any, where: str) -> list[dict[str, Any]]:
+        return [self.obj(x, f"{where}[{i}]") for i, x in enumerate(self.list_(value, where))]
+
+    def str_(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self._fail(where, "a string", value)
+        return value
+
+    def int_(self, value: Any, where: str, minimum: int | None = None) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._fail(where, "an integer", value)
+        if minimum is not None and value < minimum:
+            raise BundleError(f"Manifest field {where} is {value}, below {minimum}.", hint=_REBUILD)
+        return value
+
+    def path(self, value: Any, where: str) -> str:
+        return check_relative_path(self.str_(value, where), where)
+
+    def sha256(self, value: Any, where: str) -> str:
+        text = self.str_(value, where)
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise BundleError(f"Manifest field {where} is not a sha256 hex digest.", hint=_REBUILD)
+        return text
+
+    def tensor(self, value: dict[str, Any], where: str) -> TensorSpec:
+        dtype = self.str_(value.get("dtype"), f"{where}.dtype")
+        if dtype not in DTYPES:
+            raise BundleError(f"Unknown dtype {dtype!r} at {where}.", hint=f"Known: {', '.join(DTYPES)}.")
+        shape: list[int | str] = []
+        for d in self.list_(value.get("shape"), f"{where}.shape"):
+            if isinstance(d, bool) or not isinstance(d, (int, str)):
+                raise self._fail(f"{where}.shape", "ints or axis names", d)
+            shape.append(d)
+        profile = {
+            axis: [self.int_(x, f"{where}.profile.{axis}", minimum=0) for x in self.list_(v, where)]
+            for axis, v in self.obj(value.get("profile", {}), f"{where}.profile").items()
+        }
+        return TensorSpec(name=self.str_(value.get("name"), f"{where}.name"), dtype=dtype, shape=shape, profile=profile)
+
+
+def is_finite_number(x: Any) -> bool:
+    """True for real ints/floats that are finite (used by validators of measured values)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

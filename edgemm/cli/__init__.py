@@ -1,0 +1,94 @@
+"""The ``edgemm`` command line: a click group whose commands load lazily.
+
+``edgemm --help`` imports neither torch nor onnxruntime. User errors (:class:`EdgemmError`) print
+``Error:`` and ``Hint:`` lines and exit with their code; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from edgemm import __version__
+from edgemm.errors import EdgemmError
+
+# name → (module, attribute, one-line help); modules are imported only when the command runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "export": ("edgemm.cli.export_cmd", "export", "Export a checkpoint to a verified, torch-free bundle."),
+    "predict": ("edgemm.cli.predict_cmd", "predict", "Run a bundle on text / image / audio inputs."),
+    "inspect": ("edgemm.cli.inspect_cmd", "inspect", "Show a bundle's manifest: inputs, artifacts, validation."),
+    "verify": ("edgemm.cli.verify_cmd", "verify", "Check a bundle's hashes and re-run its golden set here."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each command's module on first use (fast, torch-free ``--help``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text comes from COMMANDS so listing commands imports nothing.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, info[2]) for name, info in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgemm")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """edgemm: multimodal fusion models → verified, torch-free edge bundles."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgemm").setLevel(logging.INFO if verbose == 0 else level)
+    ctx.ensure_object(dict)
+
+
+def emit_json(document: Any) -> None:
+    """Print exactly one JSON document on stdout."""
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns (and exits with) the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=args, prog_name="edgemm", standalone_mode=False)
+        code = 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
+    except EdgemmError as exc:
+        if "--json" in args:
+            emit_json({"ok": False, "error": exc.to_dict()})
+        click.echo(f"Error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"Hint: {exc.hint}", err=True)
+        code = exc.exit_code
+    sys.exit(code)

@@ -1,0 +1,84 @@
+"""``edgemm export``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from edgemm.cli import emit_json
+from edgemm.errors import InputPathError, UsageError
+
+log = logging.getLogger("edgemm.export")
+
+
+def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | None:
+    if labels and labels_file:
+        raise UsageError("Give --labels or --labels-file, not both.")
+    if labels_file:
+        if not labels_file.is_file():
+            raise InputPathError(f"Labels file {labels_file} does not exist.")
+        items = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines()]
+    elif labels:
+        items = [item.strip() for item in labels.split(",")]
+    else:
+        return None
+    items = [item for item in items if item]
+    if len(items) < 2 or len(set(items)) != len(items):
+        raise UsageError("Zero-shot labels must be at least two distinct names.", hint="Example: --labels cat,dog,bird")
+    return tuple(items)
+
+
+@click.command("export")
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
+@click.option("--spec", "spec_ref", metavar="MODULE:FACTORY", help="Your own nn.Module: a factory returning (module, ExportSpec).")
+@click.option("--target", default="default", show_default=True, metavar="NAME|PATH", help="Export recipe (export/*.toml).")
+@click.option("--labels", metavar="A,B,…", help="CLIP/SigLIP: fixed zero-shot labels (the text tower runs at export).")
+@click.option("--labels-file", type=click.Path(path_type=Path), help="CLIP/SigLIP: one label per line.")
+@click.option("--prompt", metavar="TEMPLATE", help="CLIP/SigLIP: prompt template with {} for the label.")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), help="torch → ONNX exporter (recipe default: dynamo).")
+@click.option("--opset", type=click.IntRange(17, 23), help="ONNX opset (recipe default: 18).")
+@click.option("--allow-mismatch", is_flag=True, help="Accept a parity failure; it is recorded in the manifest.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code: trusted sources only).")
+@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def export(source: Path | None, output: Path, spec_ref: str | None, target: str, labels: str | None,
+           labels_file: Path | None, prompt: str | None, exporter: str | None, opset: int | None,
+           allow_mismatch: bool, allow_pickle: bool, force: bool, as_json: bool) -> None:
+    """Export SOURCE (a FusionModel, CLIP or SigLIP directory) to a verified bundle.
+
+    The graph is checked against PyTorch at several shapes; a mismatch fails with exit code 4
+    unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle verified.
+    """
+    from edgemm.export.pipeline import ExportOptions, export_bundle
+    from edgemm.export.recipes import load_recipe
+
+    recipe = load_recipe(target)
+    options = ExportOptions(
+        exporter=exporter or recipe.exporter,
+        opset=opset or recipe.opset,
+        allow_mismatch=allow_mismatch,
+        allow_pickle=allow_pickle,
+        labels=_labels(labels, labels_file),
+        prompt=prompt,
+        force=force,
+        tolerance=recipe.tolerance,
+        recipe=recipe.name,
+    )
+    log.info("exporting %s with recipe %s", source or spec_ref, recipe.name)
+    report = export_bundle(source, output, spec_ref=spec_ref, options=options)
+    if as_json:
+        emit_json({"ok": True, **report.to_dict()})
+        return
+    parity = report.parity
+    click.echo(f"bundle   {report.bundle}")
+    click.echo(f"model    {report.manifest.name} ({report.manifest.task})")
+    verdict = "passed" if parity["passed"] else "FAILED (accepted with --allow-mismatch)"
+    click.echo(f"parity   {verdict} at {len(parity['cases'])} shapes: max abs {parity['max_abs']:.2e}, "
+               f"min cosine {parity['min_cosine']:.6f}")
+    for art in report.manifest.artifacts:
+        size = sum(f.bytes for f in report.manifest.files if f.path in art.files)
+        click.echo(f"artifact {art.name:<6} {art.precision:<5} {size / 2**20:8.2f} MiB  {art.path}")
+    click.echo(f"time     {report.timings.get('total', 0):.1f} s")

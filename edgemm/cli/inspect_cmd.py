@@ -1,0 +1,78 @@
+"""``edgemm inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgemm.cli import emit_json
+
+
+def summary(bundle: Path) -> dict[str, Any]:
+    """A verified bundle's manifest summary (what ``inspect --json`` prints)."""
+    from edgemm.bundle.verify import verify_bundle
+
+    m = verify_bundle(bundle)
+    sizes = {f.path: f.bytes for f in m.files}
+    return {
+        "bundle": str(bundle),
+        "name": m.name,
+        "task": m.task,
+        "schema": m.schema,
+        "modalities": m.modalities,
+        "labels": m.labels,
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape, "profile": t.profile} for t in m.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in m.outputs],
+        "preprocessing": {k: {kk: vv for kk, vv in v.items() if kk not in ("mean", "std")} for k, v in m.preprocessing.items()},
+        "postprocessing": m.postprocessing,
+        "artifacts": [
+            {"name": a.name, "kind": a.kind, "precision": a.precision, "path": a.path,
+             "bytes": sum(sizes.get(p, 0) for p in a.files), "providers": a.providers,
+             "quantization": a.quantization, "requirements": a.requirements, "validation": a.validation}
+            for a in m.artifacts
+        ],
+        "validation": {k: v for k, v in m.validation.items() if k != "parity"}
+        | {"parity": {k: v for k, v in m.validation.get("parity", {}).items() if k != "comparisons"}},
+        "created_by": m.created_by,
+        "source": m.source,
+        "files": len(m.files),
+        "bytes": sum(sizes.values()),
+    }
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show BUNDLE's model, inputs/outputs, artifacts and validation (after verifying it)."""
+    info = summary(bundle)
+    if as_json:
+        emit_json({"ok": True, **info})
+        return
+    echo = click.echo
+    echo(f"{info['name']}  ({info['task']}, {info['schema']})  {info['files']} files, {info['bytes'] / 2**20:.2f} MiB")
+    mods = ", ".join(f"{m}{'' if v.get('required', True) else ' (optional)'}" for m, v in info["modalities"].items())
+    echo(f"modalities  {mods}")
+    if info["labels"]:
+        shown = ", ".join(info["labels"][:12]) + (" …" if len(info["labels"]) > 12 else "")
+        echo(f"labels      {shown}")
+    echo("inputs")
+    for t in info["inputs"]:
+        prof = "  ".join(f"{axis}∈[{p[0]},{p[2]}] opt {p[1]}" for axis, p in t["profile"].items())
+        echo(f"  {t['name']:<22} {t['dtype']:<8} {t['shape']!s:<26} {prof}")
+    echo("outputs")
+    for t in info["outputs"]:
+        echo(f"  {t['name']:<22} {t['dtype']:<8} {t['shape']}")
+    echo("artifacts")
+    for a in info["artifacts"]:
+        parity = a["validation"].get("parity", {})
+        check = f"parity max abs {parity['max_abs']:.1e}" if parity else ""
+        echo(f"  {a['name']:<8} {a['kind']:<5} {a['precision']:<5} {a['bytes'] / 2**20:8.2f} MiB  {a['path']}  {check}")
+    parity = info["validation"].get("parity", {})
+    if parity:
+        state = "passed" if parity.get("passed") else "FAILED (accepted)"
+        echo(f"validation  parity vs {info['validation'].get('reference')} {state} at {', '.join(parity.get('cases', []))}")
+    cb = info["created_by"]
+    echo("created by  " + ", ".join(f"{k} {v}" for k, v in cb.items() if k not in ("created_at",)))

@@ -1,0 +1,164 @@
+"""ONNX Runtime backend for the CPU and CUDA execution providers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm.bundle.manifest import TensorSpec
+from edgemm.errors import BackendUnavailableError, DeviceFallbackError, RuntimeFailure, UsageError
+from edgemm.runtime.backends.base import Backend
+
+log = logging.getLogger("edgemm.runtime")
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _ort():  # imported lazily: `edgemm --help` must not pay for onnxruntime
+    import onnxruntime
+
+    return onnxruntime
+
+
+def available_devices() -> list[str]:
+    """Devices ONNX Runtime can use here, best first (e.g. ``["cuda", "cpu"]``)."""
+    providers = set(_ort().get_available_providers())
+    return [d for d in ("cuda", "cpu") if PROVIDERS[d] in providers]
+
+
+def default_threads() -> int:
+    """Intra-op threads for a kiosk CPU: the cores this process may use, at most 4.
+
+    More threads than cores thrash; beyond 4 a small fusion model gains little while the
+    kiosk UI and the HTTP server starve.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+class OrtBackend(Backend):
+    """An ``onnxruntime.InferenceSession`` on the CPU or a CUDA device.
+
+    Args:
+        model_path: The ``.onnx`` file (loaded from its path so ORT's external-data checks apply).
+        input_specs / output_specs: The manifest's graph interface.
+        device: ``"cpu"`` or ``"cuda"``.
+        device_id: CUDA device ordinal.
+        threads: Intra-op threads (default :func:`default_threads`).
+        optimization: ``"disable" | "basic" | "extended" | "all"``.
+        allow_cpu_fallback: If the CUDA provider could not be used, run on the CPU and report it
+            in :attr:`degraded` instead of raising :class:`DeviceFallbackError`.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        input_specs: list[TensorSpec],
+        output_specs: list[TensorSpec],
+        *,
+        device: str = "cpu",
+        device_id: int = 0,
+        threads: int | None = None,
+        optimization: str = "all",
+        allow_cpu_fallback: bool = False,
+    ):
+        super().__init__(input_specs, output_specs)
+        if device not in PROVIDERS:
+            raise UsageError(f"Unknown device {device!r}.", hint=f"Choose one of: {', '.join(PROVIDERS)}.")
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise UsageError(
+                f"Unknown graph optimization level {optimization!r}.",
+                hint=f"Choose one of: {', '.join(OPTIMIZATION_LEVELS)}.",
+            )
+        if threads is not None and threads < 1:
+            raise UsageError(f"threads must be at least 1, got {threads}.")
+        self.model_path = Path(model_path)
+        self.requested_device = device
+        self.device_id = device_id
+        self.threads = threads or default_threads()
+        self.optimization = optimization
+        self.allow_cpu_fallback = allow_cpu_fallback
+        self.degraded: str | None = None
+        self._session: Any = None
+        self._output_names = [spec.name for spec in output_specs]
+
+    def _session_options(self) -> Any:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        return opts
+
+    def _activate_impl(self) -> None:
+        ort = _ort()
+        wanted = PROVIDERS[self.requested_device]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            hint = (
+                "Install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime; "
+                "pip install 'edgemm[gpu]'), or use --device cpu."
+                if self.requested_device == "cuda"
+                else "Reinstall onnxruntime."
+            )
+            raise BackendUnavailableError(
+                f"ONNX Runtime here has no {wanted} (available: {', '.join(available)}).", hint=hint
+            )
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.requested_device == "cuda":
+            providers = [(wanted, {"device_id": self.device_id}), "CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path), sess_options=self._session_options(), providers=providers
+            )
+        except Exception as exc:
+            raise RuntimeFailure(
+                f"ONNX Runtime could not load {self.model_path.name}: {exc}",
+                hint="Run `edgemm verify` on the bundle; re-export it if verification fails.",
+            ) from exc
+        used = self._session.get_providers()
+        if used[0] != wanted:
+            # ORT falls back to the CPU silently when CUDA libraries are missing: never hide it.
+            reason = f"{wanted} was requested but ONNX Runtime is using {used[0]}"
+            if not self.allow_cpu_fallback:
+                self._session = None
+                raise DeviceFallbackError(
+                    reason + ".",
+                    hint="Check the CUDA/cuDNN libraries onnxruntime-gpu needs, or allow the CPU fallback.",
+                )
+            log.warning("degraded: %s", reason)
+            self.degraded = reason
+
+    def _deactivate_impl(self) -> None:
+        self._session = None
+
+    def _device_impl(self) -> str:
+        if self._session is None:
+            return self.requested_device
+        return "cuda" if self._session.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
+
+    def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, feed)
+        return dict(zip(self._output_names, results))
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers of the live session (empty before :meth:`activate`)."""
+        return [] if self._session is None else list(self._session.get_providers())

@@ -1,0 +1,107 @@
+"""The whole preprocessing step: raw text / images / audio → the model's feed dict.
+
+Driven entirely by the manifest's ``preprocessing`` and ``modalities`` sections; used by the
+runtime on the device and by the exporter to build parity inputs from realistic raw samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm.errors import InvalidInputError, MissingModalityError
+from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
+from edgemm.runtime.preprocess.image import decode_image, preprocess_images
+from edgemm.runtime.preprocess.text import TextPreprocessor
+
+# What an absent optional modality is replaced with (its presence flag is 0, so the model
+# ignores it; the placeholder only has to be a valid, finite input).
+_PLACEHOLDER_SECONDS = 0.25
+
+
+class Preprocessor:
+    """Callable turning per-modality lists of raw inputs into a feed dict.
+
+    Args:
+        bundle_dir: Directory that preprocessing paths (``tokenizer.json``) are relative to.
+        preprocessing: The manifest's ``preprocessing`` section.
+        modalities: The manifest's ``modalities`` section.
+    """
+
+    def __init__(self, bundle_dir: Path, preprocessing: dict[str, dict[str, Any]], modalities: dict[str, dict[str, Any]]):
+        self.preprocessing = preprocessing
+        self.modalities = modalities
+        self.text = TextPreprocessor(Path(bundle_dir), preprocessing["text"]) if "text" in preprocessing else None
+
+    def __call__(
+        self,
+        batch: dict[str, list[Any]],
+        *,
+        text_pad_to: int | None = None,
+        audio_pad_to: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Preprocess a batch.
+
+        Args:
+            batch: ``modality → list of raw items``; ``None`` items (or a missing modality) mark
+                rows without that modality, allowed only for optional modalities.
+            text_pad_to / audio_pad_to: Force the sequence / audio axis length (parity shapes).
+
+        Raises:
+            MissingModalityError: A required modality is missing for some row.
+            InvalidInputError: Inputs are malformed, or list lengths disagree.
+        """
+        unknown = sorted(set(batch) - set(self.modalities))
+        if unknown:
+            raise InvalidInputError(
+                f"This model does not take {', '.join(unknown)}.",
+                hint=f"It takes: {', '.join(self.modalities)}.",
+            )
+        sizes = {m: len(items) for m, items in batch.items() if items is not None and self._shares_batch(m)}
+        if len(set(sizes.values())) > 1:
+            raise InvalidInputError(f"Batch sizes differ between modalities: {sizes}.")
+        rows = next(iter(sizes.values()), None)
+        feed: dict[str, np.ndarray] = {}
+        for modality, info in self.modalities.items():
+            items = batch.get(modality)
+            n = len(items) if items is not None and not self._shares_batch(modality) else rows
+            if n is None:
+                raise MissingModalityError(f"The request has no {modality}.", hint="Send at least one input.")
+            items = list(items) if items is not None else [None] * n
+            present = np.array([item is not None for item in items], dtype=np.float32)
+            if not present.all() and info.get("required", True):
+                raise MissingModalityError(
+                    f"The model requires {modality} but {int((present == 0).sum())} of {n} request(s) lack it.",
+                    hint=f"Send {modality} with every request.",
+                )
+            feed.update(self._modality_feed(modality, items, text_pad_to=text_pad_to, audio_pad_to=audio_pad_to))
+            if info.get("presence_input"):
+                feed[info["presence_input"]] = present
+        return feed
+
+    def _shares_batch(self, modality: str) -> bool:
+        # CLIP-style similarity models take the text candidates on their own batch axis.
+        return self.modalities.get(modality, {}).get("batch_axis", "batch") == "batch"
+
+    def _modality_feed(self, modality: str, items: list[Any], *, text_pad_to: int | None,
+                       audio_pad_to: int | None) -> dict[str, np.ndarray]:
+        cfg = self.preprocessing[modality]
+        if modality == "text":
+            texts = ["" if item is None else item for item in items]
+            return self.text(texts, pad_to=text_pad_to)
+        if modality == "image":
+            images = [
+                np.zeros((32, 32, cfg.get("channels", 3)), dtype=np.uint8).squeeze() if item is None
+                else decode_image(item, max_pixels=cfg["max_pixels"], formats=cfg["formats"], max_bytes=cfg["max_bytes"])
+                for item in items
+            ]
+            return {cfg["input"]: preprocess_images(images, cfg)}
+        rate = int(cfg["sampling_rate"])
+        waves = [
+            np.zeros(int(_PLACEHOLDER_SECONDS * rate), dtype=np.float32) if item is None
+            else load_audio(item, target_rate=rate, max_seconds=cfg.get("max_seconds"))
+            for item in items
+        ]
+        return prepare_audio_batch(waves, cfg, pad_to=audio_pad_to)

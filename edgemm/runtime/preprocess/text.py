@@ -1,0 +1,149 @@
+"""Text preprocessing with the Rust ``tokenizers`` library from the bundle's ``tokenizer.json``.
+
+Padding and truncation are configured exactly as transformers' fast tokenizers configure the
+same library for ``tokenizer(texts, padding=..., truncation=True, max_length=...)``, so token
+ids are identical to the training-time tokenizer.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm.errors import BundleError, InputTooLargeError, InvalidInputError
+
+DEFAULT_MAX_CHARS = 4096
+
+
+def text_preprocessing(
+    tokenizer_path: str,
+    *,
+    max_length: int,
+    pad_token_id: int,
+    pad_token: str,
+    padding: str = "longest",
+    attention_mask: str | None = "attention_mask",
+    token_type_ids: str | None = None,
+    input_ids: str = "input_ids",
+    max_chars: int = DEFAULT_MAX_CHARS,
+    min_length: int = 1,
+) -> dict[str, Any]:
+    """Build the manifest's text preprocessing section.
+
+    Args:
+        tokenizer_path: Bundle-relative path of ``tokenizer.json``.
+        max_length: Truncation length in tokens (also the ``max`` of the sequence profile).
+        pad_token_id / pad_token: Padding id and token string.
+        padding: ``"longest"`` (pad to the longest in the batch) or ``"max_length"``.
+        attention_mask / token_type_ids / input_ids: ONNX input names (``None`` = not fed).
+        max_chars: Requests with more characters are refused before tokenizing.
+        min_length: Shortest sequence the tokenizer produces (e.g. 2 for ``[CLS] [SEP]``).
+    """
+    if padding not in ("longest", "max_length"):
+        raise ValueError(f"padding must be 'longest' or 'max_length', not {padding!r}")
+    return {
+        "kind": "text",
+        "tokenizer": tokenizer_path,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "max_length": int(max_length),
+        "min_length": int(min_length),
+        "padding": padding,
+        "pad_token_id": int(pad_token_id),
+        "pad_token": pad_token,
+        "max_chars": int(max_chars),
+    }
+
+
+def check_text(text: Any, *, max_chars: int) -> str:
+    """Validate one text input (str or UTF-8 bytes) and return it as ``str``.
+
+    Raises:
+        InvalidInputError: Not text, invalid UTF-8, or lone surrogates.
+        InputTooLargeError: Longer than ``max_chars`` characters.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"Text is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
+                                    hint="Send text encoded as UTF-8.") from None
+    if not isinstance(text, str):
+        raise InvalidInputError(f"Text must be a string, got {type(text).__name__}.")
+    if len(text) > max_chars:
+        raise InputTooLargeError(f"Text has {len(text)} characters; the limit is {max_chars}.",
+                                 hint="Send a shorter answer.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError("Text contains lone surrogate code points.", hint="Send valid Unicode text.") from None
+    return text
+
+
+class TextPreprocessor:
+    """Tokenizes a batch of strings into ``input_ids`` / ``attention_mask`` arrays.
+
+    Args:
+        bundle_dir: Directory the config's paths are relative to.
+        config: The manifest's ``preprocessing["text"]`` section.
+    """
+
+    def __init__(self, bundle_dir: Path, config: dict[str, Any]):
+        from tokenizers import Tokenizer
+
+        self.config = config
+        path = Path(bundle_dir) / config["tokenizer"]
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise BundleError(f"Cannot load the tokenizer {config['tokenizer']}: {exc}",
+                              hint="Export the bundle again.") from exc
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        # Padding/truncation live on the shared Rust tokenizer: serialise callers (serve threads).
+        self._lock = threading.Lock()
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["max_length"])
+
+    def __call__(
+        self, texts: list[Any], *, pad_to: int | None = None, max_length: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Tokenize ``texts`` into the model feed.
+
+        Args:
+            texts: Strings (or UTF-8 bytes).
+            pad_to: Pad (and truncate) every row to exactly this many tokens (parity shapes).
+            max_length: Truncate to this many tokens instead of the configured maximum.
+        """
+        cfg = self.config
+        clean = [check_text(t, max_chars=int(cfg["max_chars"])) for t in texts]
+        limit = min(pad_to or max_length or self.max_length, self.max_length)
+        with self._lock:
+            encodings = self._encode(clean, limit, pad_to)
+        feed = {cfg["input_ids"]: np.asarray([e.ids for e in encodings], dtype=np.int64)}
+        if cfg.get("attention_mask"):
+            feed[cfg["attention_mask"]] = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        if cfg.get("token_type_ids"):
+            feed[cfg["token_type_ids"]] = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
+        return feed
+
+    def _encode(self, clean: list[str], limit: int, pad_to: int | None) -> list[Any]:
+        cfg = self.config
+        tok = self._tokenizer
+        tok.enable_truncation(max_length=limit, stride=0, strategy="longest_first", direction="right")
+        if cfg["padding"] == "max_length" or pad_to is not None:
+            length = pad_to if pad_to is not None else limit
+            tok.enable_padding(direction="right", pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"], length=length)
+        else:
+            tok.enable_padding(direction="right", pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"])
+        try:
+            return tok.encode_batch(clean)
+        finally:
+            tok.no_padding()
+            tok.no_truncation()
