@@ -2,7 +2,8 @@
 
 Stored as ``golden.npz`` and always loaded with ``allow_pickle=False``: object arrays are refused.
 Keys: ``raw.text`` / ``raw.image`` / ``raw.audio`` / ``raw.audio_rate`` / ``raw.present.<modality>``,
-``feed.<input name>`` and ``expected.<output name>``.
+``feed.<input name>``, ``expected.<output name>`` (the PyTorch reference) and
+``artifact.<artifact name>.<output name>`` (what each artifact produced at export time).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class GoldenSet:
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     feed: dict[str, np.ndarray] = field(default_factory=dict)
     expected: dict[str, np.ndarray] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -60,7 +62,9 @@ class GoldenSet:
     def save(self, path: Path) -> None:
         """Write ``golden.npz`` (uncompressed, deterministic key order)."""
         arrays = {}
-        for prefix, section in (("", self.raw), ("feed.", self.feed), ("expected.", self.expected)):
+        sections = [("", self.raw), ("feed.", self.feed), ("expected.", self.expected)]
+        sections += [(f"artifact.{name}.", outputs) for name, outputs in self.artifacts.items()]
+        for prefix, section in sections:
             for key, value in sorted(section.items()):
                 array = np.asarray(value)
                 if array.dtype == object:
@@ -84,6 +88,9 @@ class GoldenSet:
                         golden.feed[key[5:]] = array
                     elif key.startswith("expected."):
                         golden.expected[key[9:]] = array
+                    elif key.startswith("artifact.") and key.count(".") >= 2:
+                        _, name, output = key.split(".", 2)
+                        golden.artifacts.setdefault(name, {})[output] = array
                     elif key.startswith("raw."):
                         golden.raw[key] = array
                     else:

@@ -39,6 +39,12 @@ class LazyGroup(click.Group):
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgemmError as exc:
+            raise UserFacingError(exc, as_json=bool((ctx.obj or {}).get("json"))) from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from COMMANDS so listing commands imports nothing.
         with formatter.section("Commands"):
@@ -57,6 +63,35 @@ def cli(ctx: click.Context, verbose: int) -> None:
     ctx.ensure_object(dict)
 
 
+class UserFacingError(click.ClickException):
+    """An :class:`EdgemmError` shown as ``Error:`` / ``Hint:`` (and one JSON document with --json)."""
+
+    def __init__(self, error: EdgemmError, *, as_json: bool = False):
+        super().__init__(error.message)
+        self.error = error
+        self.exit_code = error.exit_code
+        self.as_json = as_json
+
+    def show(self, file: Any = None) -> None:
+        if self.as_json:
+            emit_json({"ok": False, "error": self.error.to_dict()})
+        click.echo(f"Error: {self.error.message}", err=True)
+        if self.error.hint:
+            click.echo(f"Hint: {self.error.hint}", err=True)
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.find_root().ensure_object(dict)["json"] = True
+    return value
+
+
+def json_option(func: Any) -> Any:
+    """``--json``: print exactly one JSON document on stdout (errors included)."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+                        help="Print one JSON document on stdout.")(func)
+
+
 def emit_json(document: Any) -> None:
     """Print exactly one JSON document on stdout."""
     click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_json_default))
@@ -70,25 +105,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns (and exits with) the process exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cli.main(args=args, prog_name="edgemm", standalone_mode=False)
-        code = 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        code = 1
-    except EdgemmError as exc:
-        if "--json" in args:
-            emit_json({"ok": False, "error": exc.to_dict()})
-        click.echo(f"Error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"Hint: {exc.hint}", err=True)
-        code = exc.exit_code
-    sys.exit(code)
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the CLI and exits with its code."""
+    cli.main(args=argv, prog_name="edgemm")

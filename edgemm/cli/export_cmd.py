@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgemm.cli import emit_json
+from edgemm.cli import emit_json, json_option
 from edgemm.errors import InputPathError, UsageError
 
 log = logging.getLogger("edgemm.export")
@@ -43,7 +43,7 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.option("--allow-mismatch", is_flag=True, help="Accept a parity failure; it is recorded in the manifest.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code: trusted sources only).")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def export(source: Path | None, output: Path, spec_ref: str | None, target: str, labels: str | None,
            labels_file: Path | None, prompt: str | None, exporter: str | None, opset: int | None,
            allow_mismatch: bool, allow_pickle: bool, force: bool, as_json: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgemm.cli import emit_json
+from edgemm.cli import emit_json, json_option
 
 
 def summary(bundle: Path) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def summary(bundle: Path) -> dict[str, Any]:
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def inspect(bundle: Path, as_json: bool) -> None:
     """Show BUNDLE's model, inputs/outputs, artifacts and validation (after verifying it)."""
     info = summary(bundle)

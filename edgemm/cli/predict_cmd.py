@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgemm.cli import emit_json
+from edgemm.cli import emit_json, json_option
 from edgemm.errors import InputPathError, UsageError
 
 
@@ -27,7 +27,7 @@ def _read(paths: tuple[Path, ...], what: str) -> list[bytes]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--artifact", help="Artifact name (default: the best for the device).")
 @click.option("--threads", type=click.IntRange(1, 256), help="CPU threads (default: cores, at most 4).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audios: tuple[Path, ...],
             device: str, artifact: str | None, threads: int | None, as_json: bool) -> None:
     """Predict with BUNDLE. Torch-free: runs on a kiosk with only the base install."""

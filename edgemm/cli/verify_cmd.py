@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgemm.cli import emit_json
+from edgemm.cli import emit_json, json_option
 from edgemm.errors import GoldenSetError
 
 
@@ -15,7 +15,7 @@ from edgemm.errors import GoldenSetError
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device to re-run the golden set on.")
 @click.option("--artifact", "artifacts", multiple=True, help="Only these artifacts (default: all for the device).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool) -> None:
     """Verify BUNDLE: every file's hash, then each artifact's golden set on this machine.
 

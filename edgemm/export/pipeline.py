@@ -268,6 +268,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         )
 
     golden = _golden_set(module, spec, staging, options.golden_size)
+    golden.artifacts["fp32"] = backend.run(golden.feed)
     golden.save(staging / GOLDEN_FILE)
     backend.deactivate()
 
