@@ -101,3 +101,21 @@ def run_edge(*args: str, timeout: float = 120) -> tuple[int, str, str, dict]:
         if line.startswith("EDGE_GUARD "):
             guard = json.loads(line[len("EDGE_GUARD "):])
     return proc.returncode, proc.stdout, proc.stderr, guard
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(work, minilm_dir) -> Path:
+    """A tiny text + image concat FusionModel directory (MiniLM tokenizer, random weights)."""
+    from transformers import AutoTokenizer
+
+    from tests.factories import build_fusion
+
+    return build_fusion(work / "tiny-ckpt", AutoTokenizer.from_pretrained(minilm_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(work, tiny_ckpt) -> Path:
+    """The exported bundle of :func:`tiny_ckpt` (shared; copy it before changing it)."""
+    from edgemm.export.pipeline import export_bundle
+
+    return export_bundle(tiny_ckpt, work / "tiny.bundle").bundle

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -194,7 +193,6 @@ def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
-        os.environ.setdefault("TORCH_LOGS", "")
         try:
             yield
         finally:

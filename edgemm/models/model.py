@@ -19,7 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgemm.errors import CheckpointError, InputPathError, MissingModalityError, UnsafeCheckpointError
+from edgemm.errors import (
+    CheckpointError,
+    InputPathError,
+    MissingModalityError,
+    UnsafeCheckpointError,
+)
 from edgemm.models.config import CONFIG_NAME, WEIGHTS_NAME, FusionConfig
 from edgemm.models.encoders import EncoderOutput, build_encoder
 from edgemm.models.fusion import build_fusion
@@ -138,7 +143,12 @@ class FusionModel(nn.Module):
         config = FusionConfig.load(folder)
         state = load_state_dict(folder, allow_pickle=allow_pickle)
         model = cls(config, Processors.load(folder, config))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:300])
+            raise CheckpointError(f"The weights do not match {CONFIG_NAME}: {detail}",
+                                  hint="Save config and weights together with FusionModel.save_pretrained.") from exc
         if missing or unexpected:
             raise CheckpointError(
                 f"The weights do not match {CONFIG_NAME}: {len(missing)} missing (e.g. {missing[:2]}), "

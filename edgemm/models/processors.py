@@ -14,7 +14,10 @@ from typing import Any
 
 from edgemm.errors import UsageError
 from edgemm.models.config import FusionConfig
-from edgemm.runtime.preprocess.audio import audio_preprocessing_from_hf, default_log_mel_preprocessing
+from edgemm.runtime.preprocess.audio import (
+    audio_preprocessing_from_hf,
+    default_log_mel_preprocessing,
+)
 from edgemm.runtime.preprocess.image import image_preprocessing_from_hf
 from edgemm.runtime.preprocess.text import text_preprocessing
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class Tolerance:
     """Elementwise ``|actual - reference| <= atol + rtol * |reference|`` must hold, plus a

@@ -11,7 +11,12 @@ import numpy as np
 
 from edgemm.bundle.manifest import Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle
-from edgemm.errors import BackendUnavailableError, InvalidInputError, MissingModalityError, UsageError
+from edgemm.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    MissingModalityError,
+    UsageError,
+)
 from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices
 from edgemm.runtime.postprocess import Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor

