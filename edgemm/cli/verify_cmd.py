@@ -35,10 +35,11 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
         click.echo(f"files     {len(manifest.files)} listed, all hashes match")
         for r in reports:
             worst = max((o["max_abs"] for o in r["outputs"]), default=0.0)
+            drift = max((o["max_abs"] for o in r["reference_drift"]), default=0.0)
             pre = "preprocessing ok" if not r["preprocessing"]["mismatched_inputs"] else \
                 f"preprocessing differs: {r['preprocessing']['mismatched_inputs']}"
             click.echo(f"golden    {r['artifact']:<8} on {r['device']}: {'ok' if r['passed'] else 'FAILED'}  "
-                       f"max abs {worst:.2e}  {pre}")
+                       f"max abs {worst:.2e} (vs PyTorch {drift:.2e})  {pre}")
     if not passed:
         failed = [r["artifact"] for r in reports if not r["passed"]]
         raise GoldenSetError(f"Golden set failed for {', '.join(failed)}.",

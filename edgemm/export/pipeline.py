@@ -209,6 +209,8 @@ def export_bundle(
         EdgemmError: Any other user-facing failure; nothing is left at ``output``.
     """
     options = options or ExportOptions()
+    for module in ("torch", "transformers", "onnx", "onnxscript"):
+        require(module, purpose="exporting a model")
     output = Path(output)
     if output.exists() and not options.force:
         raise BundleExistsError(f"{output} already exists.", hint="Choose another --output or pass --force to replace it.")

@@ -172,6 +172,13 @@ def test_predict_bad_inputs(tiny_bundle, tmp_path, image):
         assert guard["modules"] == []
 
 
+def test_export_without_the_export_extra_names_it(tiny_ckpt, tmp_path):
+    code, _, err, _ = run_edge("export", str(tiny_ckpt), "-o", str(tmp_path / "b"))
+    assert code == 3, err
+    assert "pip install 'edgemm[export]'" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_usage_errors_exit_2():
     assert _run("export").returncode == 2
     assert _run("predict").returncode == 2

@@ -23,6 +23,8 @@ from tests.factories import build_fusion
 
 MODELS = {
     "concat-vit": dict(fusion="concat"),
+    "gated-vit": dict(fusion="gated"),
+    "cross-resnet": dict(fusion="cross_attention", image="resnet"),
     "gated-convnext-logmel": dict(fusion="gated", image="convnext", audio="logmel"),
     "cross-deit-wav2vec2": dict(fusion="cross_attention", image="deit", audio="wav2vec2"),
     "cross-vit-logmel": dict(fusion="cross_attention", audio="logmel", head="multilabel"),

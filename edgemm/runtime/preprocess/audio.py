@@ -26,13 +26,13 @@ import numpy as np
 
 from edgemm.errors import (
     BundleError,
-    InputPathError,
     InputTooLargeError,
     InvalidInputError,
     UnsupportedMediaError,
     UnsupportedModelError,
     UsageError,
 )
+from edgemm.runtime.preprocess.files import read_capped
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -516,20 +516,8 @@ def load_audio(source: Any, *, target_rate: int, max_seconds: float | None) -> n
 
 
 def _read_capped(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Read a file, refusing more than ``max_bytes`` without reading the rest."""
-    try:
-        with open(path, "rb") as fh:
-            # Read one byte past the cap instead of trusting stat(): the file may be a pipe or grow.
-            data = fh.read(max_bytes + 1)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise InputPathError(
-            f"No audio file at {os.fspath(path)!s}.", hint="Check the path."
-        ) from None
-    except OSError as exc:
-        raise InputPathError(
-            f"Cannot read the audio file {os.fspath(path)!s}: {exc.strerror}.",
-            hint="Check the path and its permissions.",
-        ) from None
+    """Read a recording, refusing more than ``max_bytes`` without reading the rest."""
+    data = read_capped(path, max_bytes, "Audio")
     if len(data) > max_bytes:
         raise InputTooLargeError(
             f"The audio file is larger than {max_bytes} bytes.", hint="Send a shorter recording."

@@ -29,13 +29,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgemm.errors import (
     BundleError,
-    InputPathError,
     InputTooLargeError,
     InvalidInputError,
     UnsupportedMediaError,
     UnsupportedModelError,
     UsageError,
 )
+from edgemm.runtime.preprocess.files import read_capped
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -527,20 +527,6 @@ def _too_many_bytes(max_bytes: int, what: str, size: int | None = None) -> Input
     )
 
 
-def _read_capped(path: str | os.PathLike[str], max_bytes: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise InputPathError(f"Image file {os.fspath(path)!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InputPathError(f"{os.fspath(path)!r} is a directory, not an image file.") from None
-    except OSError as exc:
-        raise InputPathError(
-            f"Cannot read image file {os.fspath(path)!r}: {exc.strerror or exc}."
-        ) from None
-
-
 def _identify_format(data: bytes) -> str | None:
     """The format Pillow would detect with every plugin enabled; only used for the message."""
     try:
@@ -699,7 +685,7 @@ def decode_image(
         return _decode_bytes(bytes(source), allowed, max_pixels, "The image payload")
     if isinstance(source, (str, os.PathLike)):
         what = f"Image file {os.fspath(source)!r}"
-        data = _read_capped(source, max_bytes)
+        data = read_capped(source, max_bytes, "Image")
         if len(data) > max_bytes:
             raise _too_many_bytes(max_bytes, what)
         return _decode_bytes(data, allowed, max_pixels, what)
