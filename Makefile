@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= out
 export HF_HUB_OFFLINE := 1
+export EDGEMM_CACHE ?= $(CURDIR)/$(OUT)/cache
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup demo test lint clean
@@ -23,7 +24,8 @@ $(VENV)/.edgemm-setup: pyproject.toml .ci/constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/python -m edgemm.models.reference $(OUT)/reference-ckpt --inputs $(OUT)/inputs
+	$(BIN)/python -m edgemm.data.digit_match $(EDGEMM_CACHE)/data/digit-match-seed0 --samples $(OUT)/inputs
+	$(BIN)/edgemm train -o $(OUT)/reference-ckpt
 	$(BIN)/edgemm export $(OUT)/reference-ckpt -o $(OUT)/reference.bundle --force
 	$(BIN)/edgemm verify $(OUT)/reference.bundle
 	$(BIN)/edgemm inspect $(OUT)/reference.bundle

@@ -119,3 +119,27 @@ def tiny_bundle(work, tiny_ckpt) -> Path:
     from edgemm.export.pipeline import export_bundle
 
     return export_bundle(tiny_ckpt, work / "tiny.bundle").bundle
+
+
+@pytest.fixture(scope="session")
+def edgemm_cache(tmp_path_factory) -> Path:
+    """A private EDGEMM_CACHE so generated datasets never touch the user's cache."""
+    cache = tmp_path_factory.mktemp("edgemm-cache")
+    os.environ["EDGEMM_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digit_match(edgemm_cache):
+    """The built-in digit-match dataset (generated once per session, with audio when espeak-ng exists)."""
+    from edgemm.data.digit_match import load_digit_match
+
+    return load_digit_match(edgemm_cache / "data" / "digit-match-seed0")
+
+
+@pytest.fixture(scope="session")
+def reference_ckpt(work, edgemm_cache, digit_match):
+    """The digit-match reference model trained with the default recipe, 3 epochs (about 1.5 min)."""
+    from edgemm.train.trainer import TrainConfig, train
+
+    return train(TrainConfig(output=work / "reference-ckpt", epochs=3, data_cache=edgemm_cache))

@@ -81,3 +81,11 @@ def build_fusion(folder: Path, tokenizer, *, fusion: str = "concat", image: str 
     )
     model = FusionModel(config, procs).eval()
     return model.save_pretrained(folder)
+
+
+def tiny_text_dir(folder: Path, tokenizer) -> Path:
+    """A tiny pretrained-style BERT directory (random weights + the MiniLM tokenizer)."""
+    model = tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **TINY))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

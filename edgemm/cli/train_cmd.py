@@ -1,0 +1,71 @@
+"""``edgemm train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgemm.cli import emit_json, json_option
+
+
+def _none(value: str | None) -> str | None:
+    return None if value in (None, "", "none") else value
+
+
+@click.command("train")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint directory to write.")
+@click.option("--data", default="digit-match", show_default=True,
+              help="'digit-match' (built in) or a dataset: .jsonl/.csv file or folder of split files.")
+@click.option("--name", help="Model name (default: from the data).")
+@click.option("--text", default="minilm", show_default=True, help="Text encoder: minilm, a local directory, or none.")
+@click.option("--image", default="resnet-tiny", show_default=True,
+              help="Image encoder: resnet-tiny, vit-tiny, convnext-tiny, a local directory, or none.")
+@click.option("--audio", default="none", show_default=True, help="Audio encoder: logmel-cnn, wav2vec2-tiny, a directory, or none.")
+@click.option("--fusion", type=click.Choice(["concat", "gated", "cross_attention"]), default="concat", show_default=True)
+@click.option("--fusion-dim", type=click.IntRange(8, 4096), default=128, show_default=True)
+@click.option("--freeze", multiple=True, type=click.Choice(["text", "image", "audio"]), help="Freeze an encoder (repeatable).")
+@click.option("--unfreeze-last", type=click.IntRange(0, 64), help="Text encoder: train only its last N layers.")
+@click.option("--lora/--no-lora", default=True, show_default=True, help="LoRA adapters on the text encoder (merged on save).")
+@click.option("--lora-r", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate of new parts (head, fusion, LoRA).")
+@click.option("--encoder-lr", type=float, default=5e-5, show_default=True, help="Learning rate of pretrained weights.")
+@click.option("--schedule", type=click.Choice(["linear", "cosine", "constant"]), default="linear", show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 0.5), default=0.1, show_default=True)
+@click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True, help="Early stopping patience (epochs).")
+@click.option("--metric", type=click.Choice(["accuracy", "macro_f1"]), default="accuracy", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-train-records", type=click.IntRange(2), help="Use only the first N training records (quick runs).")
+@json_option
+def train(output: Path, data: str, name: str | None, text: str, image: str, audio: str, fusion: str, fusion_dim: int,
+          freeze: tuple[str, ...], unfreeze_last: int | None, lora: bool, lora_r: int, epochs: int, batch_size: int,
+          lr: float, encoder_lr: float, schedule: str, warmup: float, patience: int, metric: str, seed: int,
+          max_train_records: int | None, as_json: bool) -> None:
+    """Fine-tune a fusion model and write a checkpoint directory for `edgemm export`.
+
+    The defaults train the digit-match reference model: pretrained MiniLM-L6 text encoder with
+    LoRA, a compact ResNet on the digit scans, concat fusion.
+    """
+    from edgemm.train.trainer import LoraOptions, TrainConfig
+    from edgemm.train.trainer import train as run
+
+    config = TrainConfig(
+        output=output, data=data, name=name, text=_none(text), image=_none(image), audio=_none(audio), fusion=fusion,
+        fusion_dim=fusion_dim, freeze=freeze, unfreeze_last=unfreeze_last,
+        lora=LoraOptions(r=lora_r, alpha=2 * lora_r) if lora and _none(text) and unfreeze_last is None else None,
+        epochs=epochs, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, schedule=schedule, warmup=warmup,
+        patience=patience, metric=metric, seed=seed, max_train_records=max_train_records,
+    )
+    report = run(config)
+    if as_json:
+        emit_json({"ok": True, **report.to_dict()})
+        return
+    click.echo(f"checkpoint  {report.checkpoint}")
+    click.echo(f"best epoch  {report.best_epoch} (val accuracy {report.val['accuracy']:.4f}, macro-F1 {report.val['macro_f1']:.4f})")
+    if report.test:
+        click.echo(f"test        accuracy {report.test['accuracy']:.4f}, macro-F1 {report.test['macro_f1']:.4f}")
+    if report.added_tokens:
+        click.echo(f"tokens      added {len(report.added_tokens)} the tokenizer did not know: {''.join(report.added_tokens)}")
+    click.echo(f"time        {report.seconds:.0f} s")

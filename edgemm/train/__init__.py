@@ -1,0 +1,3 @@
+"""Fine-tuning (build side, needs torch): ``edgemm train`` produces checkpoints for export."""
+
+from __future__ import annotations
