@@ -1,5 +1,5 @@
 # edgemm: two commands do everything on a fresh machine.
-#   make demo   set up, then export + verify + predict the reference model on the CPU
+#   make demo   set up, then train, export (cpu-kiosk), verify and predict the reference model on the CPU
 #   make test   set up, then run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -26,7 +26,7 @@ $(VENV)/.edgemm-setup: pyproject.toml .ci/constraints.txt
 demo: setup
 	$(BIN)/python -m edgemm.data.digit_match $(EDGEMM_CACHE)/data/digit-match-seed0 --samples $(OUT)/inputs
 	$(BIN)/edgemm train -o $(OUT)/reference-ckpt
-	$(BIN)/edgemm export $(OUT)/reference-ckpt -o $(OUT)/reference.bundle --force
+	$(BIN)/edgemm export $(OUT)/reference-ckpt -o $(OUT)/reference.bundle --target cpu-kiosk --force
 	$(BIN)/edgemm verify $(OUT)/reference.bundle
 	$(BIN)/edgemm inspect $(OUT)/reference.bundle
 	$(BIN)/edgemm predict $(OUT)/reference.bundle --text seven --image $(OUT)/inputs/digit-7.png

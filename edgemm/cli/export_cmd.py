@@ -40,12 +40,17 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.option("--prompt", metavar="TEMPLATE", help="CLIP/SigLIP: prompt template with {} for the label.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), help="torch → ONNX exporter (recipe default: dynamo).")
 @click.option("--opset", type=click.IntRange(17, 23), help="ONNX opset (recipe default: 18).")
+@click.option("--eval-data", metavar="DATA", help="Held-out data for the accuracy gate: digit-match or a dataset path "
+              "(default: the data the checkpoint was trained on).")
+@click.option("--budget", type=click.FloatRange(0, 100), help="Max accuracy drop of a variant, in points (recipe default 0.5).")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), help="INT8 static calibration method.")
 @click.option("--allow-mismatch", is_flag=True, help="Accept a parity failure; it is recorded in the manifest.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code: trusted sources only).")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @json_option
 def export(source: Path | None, output: Path, spec_ref: str | None, target: str, labels: str | None,
            labels_file: Path | None, prompt: str | None, exporter: str | None, opset: int | None,
+           eval_data: str | None, budget: float | None, calibration: str | None,
            allow_mismatch: bool, allow_pickle: bool, force: bool, as_json: bool) -> None:
     """Export SOURCE (a FusionModel, CLIP or SigLIP directory) to a verified bundle.
 
@@ -57,15 +62,17 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
 
     recipe = load_recipe(target)
     options = ExportOptions(
-        exporter=exporter or recipe.exporter,
-        opset=opset or recipe.opset,
+        recipe=recipe,
+        exporter=exporter,
+        opset=opset,
         allow_mismatch=allow_mismatch,
         allow_pickle=allow_pickle,
         labels=_labels(labels, labels_file),
         prompt=prompt,
         force=force,
-        tolerance=recipe.tolerance,
-        recipe=recipe.name,
+        eval_data=eval_data,
+        budget_points=budget,
+        calibration_method=calibration,
     )
     log.info("exporting %s with recipe %s", source or spec_ref, recipe.name)
     report = export_bundle(source, output, spec_ref=spec_ref, options=options)
@@ -78,7 +85,16 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     verdict = "passed" if parity["passed"] else "FAILED (accepted with --allow-mismatch)"
     click.echo(f"parity   {verdict} at {len(parity['cases'])} shapes: max abs {parity['max_abs']:.2e}, "
                f"min cosine {parity['min_cosine']:.6f}")
+    optimization = report.manifest.validation.get("optimization")
+    if optimization:
+        fused = ", ".join(f"{op} {n}" for op, n in sorted(optimization["fused"].items())) or "nothing"
+        click.echo(f"fusions  {fused}")
     for art in report.manifest.artifacts:
         size = sum(f.bytes for f in report.manifest.files if f.path in art.files)
-        click.echo(f"artifact {art.name:<6} {art.precision:<5} {size / 2**20:8.2f} MiB  {art.path}")
+        gate = art.validation.get("gate")
+        measured = (f"  {gate['metric']} {gate['value']:.4f} (fp32 {gate['fp32_value']:.4f}), "
+                    f"agreement {gate['top1_agreement']:.4f}" if gate else "")
+        click.echo(f"artifact {art.name:<10} {art.precision:<5} {size / 2**20:8.2f} MiB  {art.path}{measured}")
+    for variant in (report.manifest.validation.get("gate") or {}).get("variants", []):
+        click.echo(f"gate     {variant['variant']}: {variant['outcome']}")
     click.echo(f"time     {report.timings.get('total', 0):.1f} s")

@@ -67,12 +67,28 @@ def inspect(bundle: Path, as_json: bool) -> None:
         echo(f"  {t['name']:<22} {t['dtype']:<8} {t['shape']}")
     echo("artifacts")
     for a in info["artifacts"]:
-        parity = a["validation"].get("parity", {})
-        check = f"parity max abs {parity['max_abs']:.1e}" if parity else ""
-        echo(f"  {a['name']:<8} {a['kind']:<5} {a['precision']:<5} {a['bytes'] / 2**20:8.2f} MiB  {a['path']}  {check}")
+        parity, gate = a["validation"].get("parity", {}), a["validation"].get("gate")
+        if gate:
+            check = (f"{gate['metric']} {gate['value']:.4f} (fp32 {gate['fp32_value']:.4f}, drop {gate['drop_points']:.2f} pt), "
+                     f"agreement {gate['top1_agreement']:.4f}, max |Δlogit| {gate['max_abs_diff']:.3f}")
+        else:
+            check = f"parity max abs {parity['max_abs']:.1e}" if parity else ""
+        providers = ",".join(p.replace("ExecutionProvider", "") for p in a["providers"])
+        echo(f"  {a['name']:<10} {a['precision']:<5} {a['bytes'] / 2**20:8.2f} MiB  [{providers}]  {check}")
     parity = info["validation"].get("parity", {})
     if parity:
         state = "passed" if parity.get("passed") else "FAILED (accepted)"
         echo(f"validation  parity vs {info['validation'].get('reference')} {state} at {', '.join(parity.get('cases', []))}")
+    optimization = info["validation"].get("optimization")
+    if optimization:
+        for step in optimization["passes"]:
+            fused = ", ".join(f"{op} {n}" for op, n in sorted(step["fused"].items())) or "nothing fused"
+            echo(f"fusions     {step['branch']} encoder ({step['model_type']}): {fused}")
+    gate = info["validation"].get("gate")
+    if gate:
+        echo(f"gate        budget {gate['budget_points']} pt {gate['metric']} on {gate['eval']['records']} "
+             f"{gate['eval']['split']} records of {gate['eval']['data']} (fp32 {gate['fp32'][gate['metric']]:.4f})")
+        for variant in gate["variants"]:
+            echo(f"  {variant['variant']:<10} {variant['outcome']}")
     cb = info["created_by"]
     echo("created by  " + ", ".join(f"{k} {v}" for k, v in cb.items() if k not in ("created_at",)))

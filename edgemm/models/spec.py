@@ -59,6 +59,8 @@ class ExportSpec:
         make_feed: Optional ``(case, bundle_dir, rng) → feed``; by default feeds are built from
             realistic raw samples through the runtime preprocessing.
         zero_shot: Extra manifest facts for zero-shot exports (labels, prompt, text tower).
+        encoders: ``modality → {"architecture", "num_heads", "hidden_size"}`` for the graph
+            optimizer's per-encoder passes (empty: generic optimizations only).
     """
 
     name: str
@@ -78,6 +80,7 @@ class ExportSpec:
     opset: int = 18
     make_feed: FeedMaker | None = None
     zero_shot: dict[str, Any] | None = None
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.opset < 17:

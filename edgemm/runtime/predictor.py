@@ -41,7 +41,7 @@ def choose_artifact(manifest: Manifest, device: str, requested: str | None = Non
             )
         return art, []
     skipped: list[str] = []
-    ranked: list[tuple[int, Artifact]] = []
+    ranked: list[tuple[tuple[int, int, int], Artifact]] = []
     order = _PRECISION_ORDER[device]
     for art in manifest.artifacts:
         if art.kind != "onnx":
@@ -53,13 +53,18 @@ def choose_artifact(manifest: Manifest, device: str, requested: str | None = Non
         elif art.precision not in order:
             skipped.append(f"{art.name}: precision {art.precision} is not used on {device}")
         else:
-            ranked.append((order.index(art.precision), art))
+            # Same precision: prefer the fused graph, then (CPU) dynamic INT8 over QDQ, whose
+            # S8S8 kernels are slow on CPUs without VNNI.
+            method = (art.quantization or {}).get("method", "")
+            ranked.append(((order.index(art.precision), 0 if art.requirements.get("graph_optimized") else 1,
+                            1 if method == "int8-static-qdq" else 0), art))
     if not ranked:
         raise BackendUnavailableError(
             f"No artifact of this bundle can run on {device}: " + "; ".join(skipped),
             hint="Use --device cpu, or export with a recipe that targets this device.",
         )
     ranked.sort(key=lambda pair: pair[0])
+    skipped += [f"{art.name}: ranked below {ranked[0][1].name} on {device}" for _, art in ranked[1:]]
     return ranked[0][1], skipped
 
 

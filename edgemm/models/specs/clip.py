@@ -20,7 +20,7 @@ from edgemm.errors import UsageError
 from edgemm.models.encoders import check_weights_format
 from edgemm.models.processors import TOKENIZER_FILE, text_section, tokenizer_json
 from edgemm.models.spec import ExportSpec, LoadedModel, ShapeCase, Tolerance, register_family
-from edgemm.models.specs.common import BATCH_RANGE, image_input, tree_sha256
+from edgemm.models.specs.common import BATCH_RANGE, encoder_info, image_input, tree_sha256
 from edgemm.runtime.preprocess.image import image_preprocessing_from_hf
 
 DEFAULT_PROMPT = "a photo of a {}."
@@ -95,6 +95,7 @@ def _load(path: Path, *, allow_pickle: bool, labels: list[str] | None, prompt: s
     name = path.name or kind
     postprocessing = {"type": "sigmoid" if sigmoid else "softmax", "top_k": 5}
     tolerance = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)
+    encoders = {"image": encoder_info("clip_vision_model", model.config.vision_config.to_dict())}
     batch_cases = [
         ShapeCase("export", {"batch": 2}),
         ShapeCase("batch1", {"batch": 1}),
@@ -132,6 +133,7 @@ def _load(path: Path, *, allow_pickle: bool, labels: list[str] | None, prompt: s
             tolerance=tolerance,
             zero_shot={"prompt": prompt, "prompts": prompts, "text_tower": "precomputed at export",
                        "embedding_dim": int(label_embeds.shape[1])},
+            encoders=encoders,
         )
         return LoadedModel(module, spec, source)
 
@@ -169,6 +171,7 @@ def _load(path: Path, *, allow_pickle: bool, labels: list[str] | None, prompt: s
         postprocessing={**postprocessing, "output": "logits_per_image"},
         assets={TOKENIZER_FILE: tokenizer_json(tokenizer)},
         tolerance=tolerance,
+        encoders=encoders,
     )
     return LoadedModel(DualTowers(model, sigmoid, use_mask=bool(mask_name)).eval(), spec, source)
 

@@ -27,6 +27,13 @@ def image_input(section: dict[str, Any], name: str = "pixel_values", batch: str 
     return TensorSpec(name, "float32", [batch, int(channels), int(height), int(width)])
 
 
+def encoder_info(architecture: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Architecture, attention heads and hidden size of a transformers encoder config."""
+    heads = config.get("num_attention_heads", config.get("n_heads", config.get("encoder_attention_heads")))
+    hidden = config.get("hidden_size", config.get("dim", config.get("d_model")))
+    return {"architecture": architecture, "num_heads": heads, "hidden_size": hidden}
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

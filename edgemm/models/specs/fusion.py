@@ -8,7 +8,13 @@ from typing import Any
 from edgemm.bundle.manifest import TensorSpec
 from edgemm.models.config import CONFIG_NAME, WEIGHTS_NAME
 from edgemm.models.spec import ExportSpec, LoadedModel, ShapeCase, register_family
-from edgemm.models.specs.common import BATCH_RANGE, POSTPROCESSING, file_sha256, image_input
+from edgemm.models.specs.common import (
+    BATCH_RANGE,
+    POSTPROCESSING,
+    encoder_info,
+    file_sha256,
+    image_input,
+)
 
 # Shortest audio in the profile: wav2vec2's feature encoder needs 400 samples for one frame.
 MIN_AUDIO_SECONDS = 0.1
@@ -105,6 +111,7 @@ def fusion_spec(model: Any) -> ExportSpec:
         postprocessing=postprocessing,
         labels=labels,
         assets=assets,
+        encoders={m: encoder_info(e.architecture, e.config) for m, e in config.encoders.items()},
     )
 
 

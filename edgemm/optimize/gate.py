@@ -1,0 +1,175 @@
+"""The accuracy gate: measure every variant on held-out data, repair or fall back when it fails.
+
+Measured per variant against the FP32 ONNX artifact on the same inputs: the task metric
+(accuracy / macro-F1), top-1 agreement, max abs logit difference and non-finite outputs. A
+variant passes when its metric drops no more than the budget (points, absolute) and every
+output is finite.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm.data.dataset import Record
+from edgemm.data.metrics import classification_metrics
+
+log = logging.getLogger("edgemm.optimize")
+
+
+@dataclass
+class EvalSet:
+    """Preprocessed held-out data: feeds in batches, label indices, provenance."""
+
+    feeds: list[dict[str, np.ndarray]]
+    labels: np.ndarray
+    source: dict[str, Any]
+
+    @classmethod
+    def build(cls, records: list[Record], label_names: list[str], preprocessor: Any, modalities: list[str],
+              source: dict[str, Any], *, batch_size: int = 32, fixed_shapes: bool = False) -> EvalSet:
+        """Preprocess ``records`` in batches.
+
+        ``fixed_shapes`` pads every batch to one sequence / audio length and drops a partial last
+        batch: ONNX Runtime's histogram calibrators (entropy, percentile) stack all batches into
+        one array and fail on ragged shapes.
+        """
+        index = {label: i for i, label in enumerate(label_names)}
+        chunks = [records[s:s + batch_size] for s in range(0, len(records), batch_size)]
+        pad: dict[str, int | None] = {"text_pad_to": None, "audio_pad_to": None}
+        if fixed_shapes:
+            if len(chunks) > 1 and len(chunks[-1]) < batch_size:
+                chunks = chunks[:-1]
+            if preprocessor.text is not None:
+                pad["text_pad_to"] = preprocessor.text.max_length
+            audio = preprocessor.preprocessing.get("audio")
+            if audio is not None and "audio" in modalities and audio["features"] != "whisper_log_mel":
+                lengths = [preprocessor({m: [_raw(r, m) for r in chunk] for m in modalities})[audio["input"]].shape[-1]
+                           for chunk in chunks]
+                pad["audio_pad_to"] = max(lengths)
+        feeds = [preprocessor({m: [_raw(r, m) for r in chunk] for m in modalities}, **pad) for chunk in chunks]
+        kept = [r for chunk in chunks for r in chunk]
+        return cls(feeds=feeds, labels=np.array([index[r.label] for r in kept]), source=source)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _raw(record: Record, modality: str) -> Any:
+    value = getattr(record, modality)
+    return None if value is None else (value if modality == "text" else str(value))
+
+
+def run_artifact(path: Path, feeds: list[dict[str, np.ndarray]], output: str, *, threads: int | None = None) -> np.ndarray:
+    """Run an ONNX file over the feeds on the CPU and concatenate one output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([output], feed)[0] for feed in feeds]).astype(np.float64)
+
+
+@dataclass
+class GateResult:
+    """One variant's measurements and verdict."""
+
+    metric: str
+    value: float
+    fp32_value: float
+    drop_points: float
+    budget_points: float
+    top1_agreement: float
+    max_abs_diff: float
+    nonfinite: int
+    samples: int
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def judge(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray, *, metric: str,
+          budget_points: float) -> GateResult:
+    """Compare a variant's outputs with FP32's on the same inputs."""
+    nonfinite = int((~np.isfinite(outputs)).sum())
+    safe = np.nan_to_num(outputs, nan=0.0, posinf=1e6, neginf=-1e6)
+    value = classification_metrics(labels, safe)[metric]
+    reference = classification_metrics(labels, fp32_outputs)[metric]
+    if outputs.ndim == 2 and outputs.shape[1] > 1:
+        agreement = float((safe.argmax(-1) == fp32_outputs.argmax(-1)).mean())
+    else:
+        agreement = float(((safe.ravel() > 0) == (fp32_outputs.ravel() > 0)).mean())
+    drop = (reference - value) * 100.0
+    return GateResult(metric=metric, value=value, fp32_value=reference, drop_points=drop, budget_points=budget_points,
+                      top1_agreement=agreement, max_abs_diff=float(np.abs(safe - fp32_outputs).max()),
+                      nonfinite=nonfinite, samples=int(labels.shape[0]),
+                      passed=nonfinite == 0 and drop <= budget_points + 1e-9)
+
+
+def harmful_nodes(float_path: Path, quant_path: Path, feeds: list[dict[str, np.ndarray]], candidates: list[str],
+                  *, count: int) -> list[dict[str, Any]]:
+    """Rank quantized nodes by the error their own quantization adds (activation matching).
+
+    Both graphs are extended to output every intermediate tensor; tensors keep their names
+    through quantization, so each candidate node's output in the quantized graph is matched with
+    the float graph's. A node's *own* damage is the SQNR it loses between its worst input and its
+    output (errors that merely flow through it do not count against it).
+    """
+    import onnx
+
+    float_model = onnx.load(str(float_path))
+    nodes = {n.name: n for n in float_model.graph.node}
+    wanted = {t for name in candidates if name in nodes for t in [*nodes[name].input, *nodes[name].output] if t}
+    float_acts = _activations(float_path, feeds, wanted)
+    quant_acts = _activations(quant_path, feeds, wanted)
+    ranked = []
+    for name in candidates:
+        node = nodes.get(name)
+        if node is None or not node.output or node.output[0] not in float_acts or node.output[0] not in quant_acts:
+            continue
+        out_sqnr = _sqnr(float_acts[node.output[0]], quant_acts[node.output[0]])
+        in_sqnrs = [_sqnr(float_acts[i], quant_acts[i]) for i in node.input if i in float_acts and i in quant_acts]
+        in_sqnr = min(in_sqnrs) if in_sqnrs else 120.0
+        ranked.append({"node": name, "op": node.op_type, "output_sqnr_db": round(out_sqnr, 2),
+                       "added_error_db": round(max(0.0, min(in_sqnr, 120.0) - out_sqnr), 2)})
+    ranked.sort(key=lambda r: (-r["added_error_db"], r["output_sqnr_db"]))
+    return ranked[:count]
+
+
+def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
+    noise = float(np.mean((reference.astype(np.float64) - actual.astype(np.float64)) ** 2))
+    signal = float(np.mean(reference.astype(np.float64) ** 2))
+    if noise <= 1e-30:
+        return 120.0
+    return float(10.0 * np.log10(max(signal, 1e-30) / noise))
+
+
+def _activations(path: Path, feeds: list[dict[str, np.ndarray]], tensors: set[str]) -> dict[str, np.ndarray]:
+    """Values of the named intermediate tensors (those that exist in this graph) over the feeds."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    produced = {o for n in model.graph.node for o in n.output}
+    existing = {o.name for o in model.graph.output}
+    extra = sorted((tensors & produced) - existing)
+    for name in extra:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Keep the graph as written: fusing would rename or remove the tensors being matched.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in tensors]
+    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            collected[name].append(np.asarray(value, dtype=np.float32).ravel())
+    return {name: np.concatenate(values) for name, values in collected.items() if values}

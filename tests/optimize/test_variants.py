@@ -1,0 +1,213 @@
+"""Graph optimization, FP16 / INT8 variants and the accuracy gate on the trained reference model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgemm.bundle.verify import verify_bundle
+from edgemm.cli import cli
+from edgemm.export.pipeline import ExportOptions, export_bundle
+from edgemm.export.recipes import available_recipes, load_recipe
+from edgemm.runtime import Predictor
+from tests.conftest import run_edge
+
+NEGATIVE_CONTROL = """
+name = "negative-control"
+[export]
+exporter = "dynamo"
+[optimize]
+graph = false
+[[variants]]
+name = "int8-qdq"
+precision = "int8-static"
+base = "plain"
+calibration = "minmax"
+[gate]
+budget = 0.5
+repair_rounds = {rounds}
+"""
+
+
+@pytest.fixture(scope="module")
+def cpu_kiosk(reference_ckpt, work):
+    result = CliRunner().invoke(cli, ["export", str(reference_ckpt.checkpoint), "-o", str(work / "cpu-kiosk"),
+                                      "--target", "cpu-kiosk", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return work / "cpu-kiosk", json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def jetson(reference_ckpt, work):
+    report = export_bundle(reference_ckpt.checkpoint, work / "jetson",
+                           options=ExportOptions(recipe=load_recipe("jetson-orin-nano")))
+    return report.bundle
+
+
+def test_cpu_kiosk_ships_int8_within_budget(cpu_kiosk):
+    bundle, doc = cpu_kiosk
+    manifest = verify_bundle(bundle)
+    names = {a.name: a for a in manifest.artifacts}
+    assert set(names) == {"fp32", "fp32-opt", "int8", "int8-text"}
+    for name in ("fp32-opt", "int8", "int8-text"):
+        gate = names[name].validation["gate"]
+        assert gate["passed"] and gate["drop_points"] <= 0.5 and gate["nonfinite"] == 0, (name, gate)
+        assert gate["samples"] >= 700 and 0.0 <= gate["top1_agreement"] <= 1.0
+    assert names["int8"].quantization["method"] == "int8-dynamic" and names["int8"].quantization["per_channel"]
+    assert names["int8-text"].quantization["branches"]["text"] == "int8"
+    assert names["int8-text"].quantization["branches"]["image"] == "fp32"
+    sizes = {f.path: f.bytes for f in manifest.files}
+    assert sizes["model/int8.onnx"] < 0.5 * sizes["model/fp32.onnx"]
+    # The fp32 test accuracy of the reference model is above 97%; INT8 within 0.5 point of it.
+    gate = manifest.validation["gate"]
+    assert gate["fp32"]["accuracy"] >= 0.97
+    assert names["int8"].validation["gate"]["value"] >= gate["fp32"]["accuracy"] - 0.005
+    # Per-encoder fusions recorded: MiniLM's 6 attention layers fused by the text (bert) pass.
+    text_pass = next(p for p in manifest.validation["optimization"]["passes"] if p["branch"] == "text")
+    assert text_pass["model_type"] == "bert" and text_pass["fused"].get("Attention") == 6
+    assert manifest.validation["optimization"]["parity"]["passed"]
+    assert names["fp32-opt"].validation["parity"]["passed"]
+    edge = gate["variants"][1]["attempts"][0]["edge_inputs"]
+    assert {"empty_text", "longest_text", "all_padding_row", "blank_white_image"} <= set(edge["checked"])
+    assert doc["gate"]["variants"][1]["outcome"].startswith("passed")
+
+
+def test_cpu_kiosk_inspect_verify_and_runtime_choice(cpu_kiosk, digit_match):
+    bundle, _ = cpu_kiosk
+    code, out, err, guard = run_edge("inspect", str(bundle))
+    assert code == 0, err
+    assert "int8" in out and "agreement" in out and "fusions" in out and "Attention 6" in out
+    code, out, err, guard = run_edge("verify", str(bundle), "--json")
+    assert code == 0, err
+    assert {r["artifact"] for r in json.loads(out)["artifacts"]} == {"fp32", "fp32-opt", "int8", "int8-text"}
+    record = next(r for r in digit_match.split("test") if r.label == "match")
+    code, out, err, guard = run_edge("predict", str(bundle), "--text", record.text, "--image", str(record.image),
+                                     "--device", "cpu", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["artifact"] == "int8" and doc["predictions"][0]["label"] == "match"
+    assert guard == {"modules": [], "sockets": 0}
+    with Predictor.load(bundle, device="cpu") as predictor:
+        assert predictor.artifact.name == "int8"
+        assert any("fp32-opt" in reason for reason in predictor.skipped)
+
+
+def test_jetson_recipe_fp16_and_int8_qdq_for_tensorrt(jetson):
+    manifest = verify_bundle(jetson)
+    names = {a.name: a for a in manifest.artifacts}
+    assert manifest.inputs[0].profile["batch"][-1] == 8  # the recipe's memory-sized profile
+    fp16 = onnx.load(str(jetson / names["fp16"].path))
+    assert fp16.graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    layer_norms = [n for n in fp16.graph.node if n.op_type == "LayerNormalization"]
+    assert layer_norms and names["fp16"].quantization["op_block_list"].count("LayerNormalization") == 1
+    assert "TensorrtExecutionProvider" in names["fp16"].providers
+    gate = manifest.validation["gate"]
+    for variant in gate["variants"]:
+        assert variant["attempts"][0]["edge_inputs"]["nonfinite"] == 0 or not variant["attempts"][0]["gate"]["passed"]
+    if "int8-qdq" in names:
+        qdq = onnx.load(str(jetson / names["int8-qdq"].path))
+        assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) > 10
+        assert names["int8-qdq"].quantization["calibration"] == "percentile"
+        assert names["int8-qdq"].validation["gate"]["passed"]
+    else:  # it may fall back; then the manifest says so
+        assert "fell back" in next(v for v in gate["variants"] if v["variant"] == "int8-qdq")["outcome"]
+
+
+def _blank_calibration(digit_match, folder: Path) -> Path:
+    """digit-match whose calibration images are all blank (a deliberately bad calibration set)."""
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "blank.png")
+    for split in ("train", "val", "calibration", "test"):
+        rows = [{"text": r.text, "label": r.label,
+                 "image": "blank.png" if split == "calibration" else str(r.image)}
+                for r in digit_match.split(split)]
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in rows) + "\n",
+                                                encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("rounds", [0, 1])
+def test_negative_control_blank_calibration_fails_the_gate(reference_ckpt, digit_match, tmp_path, rounds):
+    recipe = tmp_path / "negative.toml"
+    recipe.write_text(NEGATIVE_CONTROL.format(rounds=rounds))
+    data = _blank_calibration(digit_match, tmp_path / "blank-data")
+    report = export_bundle(reference_ckpt.checkpoint, tmp_path / "b",
+                           options=ExportOptions(recipe=load_recipe(str(recipe)), eval_data=str(data)))
+    variant = report.manifest.validation["gate"]["variants"][0]
+    first = variant["attempts"][0]
+    assert first["precision"] == "int8-static" and not first["gate"]["passed"]
+    assert first["gate"]["drop_points"] > 0.5
+    shipped = {a.name: a for a in report.manifest.artifacts}
+    if rounds:
+        # Repair: activation matching names the nodes whose quantization hurts; they stay float.
+        repair = variant["attempts"][1]
+        assert repair["step"] == "repair 1" and repair["harmful_nodes"] and repair["excluded_nodes"] > 0
+        assert all(h["added_error_db"] >= 0 for h in repair["harmful_nodes"])
+        if repair["gate"]["passed"]:
+            assert variant["outcome"].startswith("passed after excluding")
+            assert shipped["int8-qdq"].quantization["excluded_nodes"]
+            return
+    # The fallback path: int8-static on a plain graph falls back to fp16, then fp32.
+    assert any(a["precision"] == "fp16" for a in variant["attempts"])
+    if variant["shipped"] == "fp16":
+        assert shipped["int8-qdq"].precision == "fp16" and "fallback from int8-static" in variant["outcome"]
+    else:
+        assert "int8-qdq" not in shipped and "fell back to fp32" in variant["outcome"]
+
+
+def test_variant_recipes_need_held_out_data(tiny_ckpt, tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "b"), "--target", "cpu-kiosk"])
+    assert result.exit_code == 2 and "--eval-data" in result.stderr
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial*"))
+
+
+def test_gate_data_errors(reference_ckpt, digit_match, tmp_path):
+    runner = CliRunner()
+    small = tmp_path / "small"
+    small.mkdir()
+    rows = lambda split, n: "\n".join(json.dumps({"text": r.text, "image": str(r.image), "label": r.label})  # noqa: E731
+                                      for r in digit_match.split(split)[:n])
+    for split, n in (("train", 10), ("val", 10), ("calibration", 4), ("test", 80)):
+        (small / f"{split}.jsonl").write_text(rows(split, n) + "\n", encoding="utf-8")
+    result = runner.invoke(cli, ["export", str(reference_ckpt.checkpoint), "-o", str(tmp_path / "b"),
+                                 "--target", "cpu-kiosk", "--eval-data", str(small)])
+    assert result.exit_code == 2 and "calibration split has 4 records" in result.stderr
+
+    relabeled = tmp_path / "relabeled"
+    shutil.copytree(small, relabeled)
+    for file in relabeled.glob("*.jsonl"):
+        file.write_text(file.read_text().replace('"no_match"', '"wrong"'), encoding="utf-8")
+    result = runner.invoke(cli, ["export", str(reference_ckpt.checkpoint), "-o", str(tmp_path / "b"),
+                                 "--target", "cpu-kiosk", "--eval-data", str(relabeled)])
+    assert result.exit_code == 2 and "does not know" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_packaged_recipes_load_and_bad_recipes_are_refused(tmp_path):
+    assert {"default", "cpu-kiosk", "desktop-gpu", "jetson-orin-nano", "jetson-orin-agx"} <= set(available_recipes())
+    for name in available_recipes():
+        recipe = load_recipe(name)
+        assert recipe.description
+    assert load_recipe("jetson-orin-agx").limits["max_batch"] == 32
+    from edgemm.errors import RecipeError
+
+    cases = {
+        "[gate]\nbudgett = 1\n": "unknown key 'budgett'",
+        "[optimise]\ngraph = true\n": "unknown section",
+        "[[variants]]\nname = 'x'\nprecision = 'int4'\n": "unknown precision",
+        "[[variants]]\nname = 'x'\nprecision = 'mixed'\nmodalities = { text = 'fp32' }\n": "at least one int8",
+        "[gate]\nbudget = 'half'\n": "wrong type",
+        "name = \n": "not valid TOML",
+    }
+    for text, needle in cases.items():
+        path = tmp_path / "r.toml"
+        path.write_text(text)
+        with pytest.raises(RecipeError, match=needle):
+            load_recipe(str(path))
