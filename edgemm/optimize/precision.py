@@ -18,7 +18,8 @@ import numpy as np
 log = logging.getLogger("edgemm.optimize")
 
 # ORT's default FP16 block list misses the ops that overflow in transformers (FIELD_NOTES).
-FP16_BLOCK_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax", "Pow", "ReduceMean", "Sqrt",
+# (The fused SkipLayerNormalization kernel accumulates in FP32 internally, so it may take FP16.)
+FP16_BLOCK_OPS = ("LayerNormalization", "Softmax", "Pow", "ReduceMean", "Sqrt",
                   "Erf", "Exp", "ReduceSum", "CumSum", "Range", "TopK", "Resize")
 INT8_OP_TYPES = ("MatMul", "Gemm", "Attention", "Conv", "Gather", "EmbedLayerNormalization")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -46,15 +47,15 @@ def _load_clean(src: Path) -> Any:
 
 def to_fp16(src: Path, dst: Path, *, block_ops: Iterable[str] = FP16_BLOCK_OPS, block_nodes: Iterable[str] = ()) -> dict[str, Any]:
     """FP16 weights and compute with inputs/outputs kept FP32 and overflow-prone ops blocked."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = _load_clean(src)
     block_ops, block_nodes = sorted(set(block_ops)), sorted(set(block_nodes))
+    # OnnxModel's converter (not the plain float16 module) knows ORT's contrib operators, so it
+    # also converts graphs the transformer optimizer fused.
+    model = OnnxModel(_load_clean(src))
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
-        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=block_ops,
-                                             node_block_list=block_nodes, disable_shape_infer=False)
-    onnx.save(converted, str(dst))
+        model.convert_float_to_float16(keep_io_types=True, op_block_list=block_ops, node_block_list=block_nodes)
+    model.save_model_to_file(str(dst))
     return {"method": "fp16", "keep_io_types": True, "op_block_list": block_ops, "node_block_list": block_nodes}
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from edgemm.bundle.verify import verify_bundle
 from edgemm.cli import cli
+from edgemm.errors import BackendUnavailableError
 from edgemm.export.pipeline import ExportOptions, export_bundle
 from edgemm.export.recipes import available_recipes, load_recipe
 from edgemm.runtime import Predictor
@@ -118,6 +119,21 @@ def test_jetson_recipe_fp16_and_int8_qdq_for_tensorrt(jetson):
         assert names["int8-qdq"].validation["gate"]["passed"]
     else:  # it may fall back; then the manifest says so
         assert "fell back" in next(v for v in gate["variants"] if v["variant"] == "int8-qdq")["outcome"]
+
+
+def test_desktop_gpu_fp16_on_the_fused_graph(reference_ckpt, tmp_path):
+    report = export_bundle(reference_ckpt.checkpoint, tmp_path / "gpu",
+                           options=ExportOptions(recipe=load_recipe("desktop-gpu")))
+    names = {a.name: a for a in report.manifest.artifacts}
+    fp16 = names["fp16"]
+    assert fp16.precision == "fp16" and fp16.requirements["graph_optimized"] and fp16.requirements["contrib_ops"]
+    assert fp16.providers == ["CUDAExecutionProvider"]  # fused contrib ops: not for TensorRT
+    gate = fp16.validation["gate"]
+    assert gate["passed"] and gate["evaluated_on"].startswith("onnxruntime CPU")
+    model = onnx.load(str(report.bundle / fp16.path))
+    assert any(n.op_type == "Attention" for n in model.graph.node)
+    with pytest.raises(BackendUnavailableError, match=r"cannot run on cpu"):
+        Predictor.load(report.bundle, device="cpu", artifact="fp16")
 
 
 def _blank_calibration(digit_match, folder: Path) -> Path:
