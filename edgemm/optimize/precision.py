@@ -75,7 +75,7 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = True, red
     onnx.save(model, str(staged))
     exclude, include = sorted(set(exclude)), (sorted(set(include)) if include is not None else None)
     try:
-        with _quiet_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
             quantize_dynamic(str(staged), str(dst), per_channel=per_channel, reduce_range=reduce,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude, nodes_to_quantize=include or [],
                              op_types_to_quantize=list(INT8_OP_TYPES),
@@ -129,7 +129,8 @@ def quantize_int8_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]
     if method == "percentile":
         extra["CalibPercentile"] = percentile
     try:
-        with _quiet_warnings():
+        # The calibrators print progress on stdout, which belongs to --json.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
             quantize_static(str(staged), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             calibrate_method=calibrate, nodes_to_exclude=exclude, nodes_to_quantize=include or [],

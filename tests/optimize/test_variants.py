@@ -47,9 +47,12 @@ def cpu_kiosk(reference_ckpt, work):
 
 @pytest.fixture(scope="module")
 def jetson(reference_ckpt, work):
-    report = export_bundle(reference_ckpt.checkpoint, work / "jetson",
-                           options=ExportOptions(recipe=load_recipe("jetson-orin-nano")))
-    return report.bundle
+    # Through the CLI with --json: calibration progress must not leak into the JSON on stdout.
+    result = CliRunner().invoke(cli, ["export", str(reference_ckpt.checkpoint), "-o", str(work / "jetson"),
+                                      "--target", "jetson-orin-nano", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"]
+    return work / "jetson"
 
 
 def test_cpu_kiosk_ships_int8_within_budget(cpu_kiosk):
