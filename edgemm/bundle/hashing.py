@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 _CHUNK = 4 * 2**20
 
@@ -31,15 +30,3 @@ def sha256_file(path: str | os.PathLike[str], *, limit: int | None = None) -> tu
             digest.update(block)
             total += len(block)
     return digest.hexdigest(), total
-
-
-def read_verified(path: Path, sha256: str, size: int) -> bytes:
-    """Read a small file and check it against its manifest entry in one pass."""
-    fd = open_nofollow(path)
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(size + 1)
-    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-        from edgemm.errors import BundleError
-
-        raise BundleError(f"{path.name} changed after the bundle was verified.", hint="Verify the bundle again.")
-    return data

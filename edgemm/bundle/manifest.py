@@ -8,7 +8,6 @@ trusts the content.
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -302,8 +301,3 @@ class _Validator:
             for axis, v in self.obj(value.get("profile", {}), f"{where}.profile").items()
         }
         return TensorSpec(name=self.str_(value.get("name"), f"{where}.name"), dtype=dtype, shape=shape, profile=profile)
-
-
-def is_finite_number(x: Any) -> bool:
-    """True for real ints/floats that are finite (used by validators of measured values)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

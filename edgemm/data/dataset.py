@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +173,3 @@ def _record(row: dict[str, Any], split: str | None, base: Path, file: Path, line
     text = row.get("text")
     return Record(label=str(row["label"]), text=None if text is None else str(text), image=paths["image"],
                   audio=paths["audio"], split=row_split, meta=dict(row.get("meta") or {}))
-
-
-def label_counts(records: list[Record]) -> dict[str, int]:
-    """Label → count (for balance reports)."""
-    return dict(Counter(r.label for r in records))

@@ -110,6 +110,7 @@ def onnx_from_torch(
             details={"exception": type(exc).__name__},
         ) from exc
 
+    _strip_debug_metadata(onnx, path)
     files = [path]
     data_file = path.with_name(path.name + ".data")
     if external:
@@ -160,6 +161,24 @@ def _export_legacy(torch: Any, wrapper: Any, args: tuple, spec: ExportSpec, path
         model = onnx.load(str(path))
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
+
+
+# Dynamo records each node's Python stack trace and FX node: local source paths and noise that
+# a shipped bundle should not carry. Module scopes stay (per-encoder optimization needs them).
+_DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def _strip_debug_metadata(onnx: Any, path: Path) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key not in _DEBUG_METADATA]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _check_interface(onnx: Any, path: Path, input_names: list[str], output_names: list[str]) -> None:

@@ -12,9 +12,7 @@ Directory layout (``save_pretrained``)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -186,8 +184,3 @@ def load_state_dict(folder: Path, *, allow_pickle: bool) -> dict[str, torch.Tens
     if not isinstance(state, dict):
         raise CheckpointError(f"{pickles[0].name} does not hold a state dict.")
     return state
-
-
-def describe(folder: Path) -> dict[str, Any]:
-    """Torch-free summary of a saved FusionModel directory (for inspect / errors)."""
-    return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-BRANCHES = ("text", "image", "audio", "fusion", "head")
 _DYNAMO = re.compile(r"\binner\.(?:encoders|projections)\.(text|image|audio)\b")
 _LEGACY = re.compile(r"^/inner/(text|image|audio)(?:_\d+)?/")
 

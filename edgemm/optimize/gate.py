@@ -64,15 +64,21 @@ def _raw(record: Record, modality: str) -> Any:
     return None if value is None else (value if modality == "text" else str(value))
 
 
-def run_artifact(path: Path, feeds: list[dict[str, np.ndarray]], output: str, *, threads: int | None = None) -> np.ndarray:
-    """Run an ONNX file over the feeds on the CPU and concatenate one output."""
+def cpu_session(model: Path | bytes, *, optimize: bool = True) -> Any:
+    """A quiet ONNX Runtime CPU session (``optimize=False`` keeps every tensor as written)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_artifact(path: Path, feeds: list[dict[str, np.ndarray]], output: str) -> np.ndarray:
+    """Run an ONNX file over the feeds on the CPU and concatenate one output."""
+    session = cpu_session(path)
     return np.concatenate([session.run([output], feed)[0] for feed in feeds]).astype(np.float64)
 
 
@@ -154,7 +160,6 @@ def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
 def _activations(path: Path, feeds: list[dict[str, np.ndarray]], tensors: set[str]) -> dict[str, np.ndarray]:
     """Values of the named intermediate tensors (those that exist in this graph) over the feeds."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output}
@@ -162,11 +167,8 @@ def _activations(path: Path, feeds: list[dict[str, np.ndarray]], tensors: set[st
     extra = sorted((tensors & produced) - existing)
     for name in extra:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     # Keep the graph as written: fusing would rename or remove the tensors being matched.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString(), optimize=False)
     names = [o.name for o in session.get_outputs() if o.name in tensors]
     collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:

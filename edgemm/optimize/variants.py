@@ -22,7 +22,14 @@ from edgemm.bundle.manifest import Artifact
 from edgemm.export.recipes import Recipe, VariantSpec
 from edgemm.optimize import precision as prec
 from edgemm.optimize.branches import nodes_in
-from edgemm.optimize.gate import EvalSet, GateResult, harmful_nodes, judge, run_artifact
+from edgemm.optimize.gate import (
+    EvalSet,
+    GateResult,
+    cpu_session,
+    harmful_nodes,
+    judge,
+    run_artifact,
+)
 
 log = logging.getLogger("edgemm.optimize")
 
@@ -229,11 +236,7 @@ def edge_feeds(preprocessor: Any, modalities: dict[str, dict[str, Any]], *, rate
 
 def _edge_check(path: Path, feeds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Run the edge inputs (empty / longest text, all-padding rows, blank images, silence)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     bad = {}
     for name, feed in feeds.items():
         count = sum(int((~np.isfinite(out)).sum()) for out in session.run(None, feed) if np.issubdtype(out.dtype, np.floating))

@@ -18,7 +18,7 @@ from edgemm.runtime.postprocess import postprocess
 from edgemm.runtime.preprocess.audio import encode_wav, synthesize_speechlike
 from edgemm.runtime.preprocess.image import synthesize_image
 from edgemm.runtime.preprocess.pipeline import Preprocessor
-from tests.conftest import run_edge
+from tests.conftest import REPO, run_edge
 from tests.factories import build_fusion
 
 MODELS = {
@@ -79,6 +79,8 @@ def test_export_passes_parity_at_three_or_more_shapes(exported, name):
     assert manifest.validation["parity"]["passed"]
     assert manifest.artifacts[0].validation["parity"]["passed"]
     assert {f.path for f in manifest.files} >= {"model/fp32.onnx", "golden.npz", "text/tokenizer.json"}
+    # No local paths (exporter stack traces) ship inside the graph.
+    assert str(REPO).encode() not in (bundle / "model" / "fp32.onnx").read_bytes()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -6,8 +6,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgemm.bundle.manifest import TensorSpec
 from edgemm.runtime.preprocess.image import preprocess_images, synthesize_image
 
@@ -49,8 +47,3 @@ def tree_sha256(folder: Path) -> str:
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
-
-
-def rng_for(case_name: str) -> np.random.Generator:
-    """Deterministic per-case random generator (same samples on every export)."""
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(case_name.encode()).digest()[:4], "little"))
