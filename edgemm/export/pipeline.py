@@ -367,7 +367,7 @@ def _gate_overrides(options: ExportOptions) -> dict[str, Any]:
 
 
 def _eval_dataset(options: ExportOptions, source: dict[str, Any], recipe: Recipe) -> tuple[Any, str]:
-    from edgemm.train.trainer import resolve_dataset
+    from edgemm.data.resolve import resolve_dataset
 
     spec = options.eval_data or source.get("training", {}).get("data")
     if not spec:

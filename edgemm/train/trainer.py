@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgemm.data.dataset import Dataset, Record, load_dataset
+from edgemm.data.dataset import Dataset, Record
 from edgemm.data.metrics import classification_metrics
+from edgemm.data.resolve import resolve_dataset
 from edgemm.errors import UsageError
 from edgemm.models.config import FusionConfig, FusionSpec, HeadSpec
 from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
@@ -31,7 +32,6 @@ log = logging.getLogger("edgemm.train")
 
 TRAINING_FILE = "training.json"
 SCHEDULES = ("linear", "cosine", "constant")
-BUILTIN_DATA = ("digit-match",)
 
 
 @dataclass(frozen=True)
@@ -112,21 +112,6 @@ class TrainReport:
 
 
 # -- data -------------------------------------------------------------------------------------
-
-
-def default_cache() -> Path:
-    import os
-
-    return Path(os.environ.get("EDGEMM_CACHE", Path.home() / ".cache" / "edgemm"))
-
-
-def resolve_dataset(spec: str, *, cache: Path | None = None) -> Dataset:
-    """``digit-match`` (generated once into the cache) or a dataset path."""
-    if spec in BUILTIN_DATA:
-        from edgemm.data.digit_match import load_digit_match
-
-        return load_digit_match((cache or default_cache()) / "data" / "digit-match-seed0")
-    return load_dataset(spec)
 
 
 class BatchEncoder:

@@ -71,7 +71,8 @@ def test_frozen_image_encoder_is_unchanged(tmp_path, tiny_text, edgemm_cache):
     report = train(TrainConfig(output=tmp_path / "ckpt", text=str(tiny_text), image="resnet-tiny", epochs=1,
                                max_train_records=64, freeze=("image",), lora=None, data_cache=edgemm_cache, seed=5))
     model = FusionModel.from_pretrained(report.checkpoint)
-    from edgemm.train.trainer import build_model, resolve_dataset
+    from edgemm.data.resolve import resolve_dataset
+    from edgemm.train.trainer import build_model
 
     torch.manual_seed(5)
     fresh = build_model(TrainConfig(output=tmp_path / "x", text=str(tiny_text), image="resnet-tiny", lora=None),
