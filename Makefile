@@ -1,5 +1,5 @@
 # edgemm: two commands do everything on a fresh machine.
-#   make demo   set up, then train, export (cpu-kiosk), verify and predict the reference model on the CPU
+#   make demo   set up, then train, export (cpu-kiosk), verify, predict and bench the reference model on the CPU
 #   make test   set up, then run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,6 +30,7 @@ demo: setup
 	$(BIN)/edgemm verify $(OUT)/reference.bundle
 	$(BIN)/edgemm inspect $(OUT)/reference.bundle
 	$(BIN)/edgemm predict $(OUT)/reference.bundle --text seven --image $(OUT)/inputs/digit-7.png
+	$(BIN)/edgemm bench $(OUT)/reference.bundle --checkpoint $(OUT)/reference-ckpt --iterations 100 -o $(OUT)/bench
 
 test: setup
 	$(BIN)/python -m pytest

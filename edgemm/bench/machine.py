@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -62,10 +63,8 @@ def _jetson() -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = {"l4t": release.read_text(errors="ignore").splitlines()[0].strip()}
     if shutil.which("nvpmodel"):
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             info["nvpmodel"] = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
     return info
 
 

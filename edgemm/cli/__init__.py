@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("edgemm.cli.predict_cmd", "predict", "Run a bundle on text / image / audio inputs."),
     "inspect": ("edgemm.cli.inspect_cmd", "inspect", "Show a bundle's manifest: inputs, artifacts, validation."),
     "verify": ("edgemm.cli.verify_cmd", "verify", "Check a bundle's hashes and re-run its golden set here."),
+    "bench": ("edgemm.cli.bench_cmd", "bench", "Benchmark a bundle beside PyTorch, torch.compile and Optimum."),
 }
 
 

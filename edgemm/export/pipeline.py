@@ -313,7 +313,8 @@ def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: di
               base_info: dict[str, dict[str, Any]], recipe: Recipe, options: ExportOptions,
               validation: dict[str, Any], parity_check: Any) -> list[Artifact]:
     """Evaluate, gate, repair and fall back every variant of the recipe."""
-    from edgemm.optimize.gate import EvalSet, run_artifact
+    from edgemm.data.evalset import EvalSet
+    from edgemm.optimize.gate import run_artifact
     from edgemm.optimize.variants import VariantContext, build_variants, edge_feeds
 
     if spec.task not in ("classification", "matching", "zero_shot_classification"):

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from edgemm.bundle.manifest import Artifact
+from edgemm.data.evalset import EvalSet
 from edgemm.export.recipes import Recipe, VariantSpec
 from edgemm.optimize import precision as prec
 from edgemm.optimize.branches import nodes_in
 from edgemm.optimize.gate import (
-    EvalSet,
     GateResult,
     cpu_session,
     harmful_nodes,
@@ -58,9 +58,9 @@ PROVIDERS = {
 }
 PRECISION_FIELD = {"fp32-opt": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "mixed": "mixed"}
 REPAIRABLE_OPS = {
-    "int8-dynamic": {"MatMul", "Gemm", "Attention", "Conv", "EmbedLayerNormalization", "Gather"},
+    "int8-dynamic": {"MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather"},
     "int8-static": {"MatMul", "Gemm", "Conv"},
-    "mixed": {"MatMul", "Gemm", "Attention", "Conv", "EmbedLayerNormalization", "Gather"},
+    "mixed": {"MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather"},
     "fp16": {"MatMul", "Gemm", "Add", "Mul", "Div", "Sub", "Conv", "Attention", "Gelu", "BiasGelu", "FastGelu",
              "Tanh", "Sigmoid", "Relu"},
 }

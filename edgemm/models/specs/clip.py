@@ -91,7 +91,7 @@ def _load(path: Path, *, allow_pickle: bool, labels: list[str] | None, prompt: s
     # SigLIP was trained on max_length padding without a mask; CLIP on masked, longest padding.
     padding = "max_length" if sigmoid else "longest"
     mask_name = None if sigmoid else "attention_mask"
-    source = {"kind": kind, "path": str(path), "sha256": tree_sha256(path)}
+    source = {"kind": kind, "path": str(path.resolve()), "sha256": tree_sha256(path)}
     name = path.name or kind
     postprocessing = {"type": "sigmoid" if sigmoid else "softmax", "top_k": 5}
     tolerance = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)

@@ -128,7 +128,7 @@ def load_fusion(path: Path, *, allow_pickle: bool = False, **_: Any) -> LoadedMo
     weights = path / WEIGHTS_NAME
     source = {
         "kind": "fusion",
-        "path": str(path),
+        "path": str(path.resolve()),
         "weights": weights.name if weights.is_file() else None,
         "sha256": file_sha256(weights) if weights.is_file() else None,
         "config_sha256": file_sha256(path / CONFIG_NAME),

@@ -1,0 +1,78 @@
+"""Regenerate the results tables of ``benchmarks/README.md`` from the recorded ``bench.json`` files.
+
+    python benchmarks/render.py
+
+Everything between the ``results:start`` and ``results:end`` markers is rewritten; nothing in
+those tables is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def section(doc: dict[str, Any], path: Path) -> str:
+    m = doc["machine"]
+    machine = f"{m['cpu']['model']}, {m['cpu']['usable_cores']} cores ({', '.join(m['cpu']['flags'][:6])})"
+    if m.get("gpus"):
+        machine += f", {m['gpus'][0]['name']} (driver {m['gpus'][0]['driver']})"
+    lines = [f"### {doc.get('suite') or doc['bundle']['name']} — `{m['id']}`", "",
+             f"Machine: {machine}; onnxruntime {m['versions'].get('onnxruntime', m['versions'].get('onnxruntime-gpu'))}, "
+             f"torch {m['versions'].get('torch', '–')}. Recorded {doc['created_at']}. Inputs: {doc['config']['inputs']}; "
+             f"{doc['config']['iterations']} timed calls per cell, interleaved over {doc['config']['rounds']} rounds. "
+             f"Files: [`{path.parent.relative_to(HERE).as_posix()}/`]({path.parent.relative_to(HERE).as_posix()}/).", "",
+             "| contender | precision | batch | e2e p50 ms | e2e p99 ms | model p50 ms | model p99 ms | items/s (model) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    precision = {c["name"]: c["precision"] for c in doc["contenders"]}
+    cells = {(r["contender"], r["mode"], r["batch"]): r for r in doc["latency"] if r.get("seq") is None}
+    for batch in doc["config"]["batch_sizes"]:
+        for name in precision:
+            e2e, model = cells.get((name, "e2e", batch), {}), cells.get((name, "model", batch), {})
+            if e2e.get("error") or model.get("error"):
+                lines.append(f"| {name} | {precision[name]} | {batch} | failed: {(e2e.get('error') or model.get('error'))[:60]} | | | | |")
+                continue
+            lines.append(f"| {name} | {precision[name]} | {batch} | {_fmt(e2e.get('p50_ms'))} | {_fmt(e2e.get('p99_ms'))} | "
+                         f"{_fmt(model.get('p50_ms'))} | {_fmt(model.get('p99_ms'))} | {_fmt(model.get('throughput_per_s'), 1)} |")
+    if doc["accuracy"]["rows"]:
+        lines += ["", f"Accuracy on {doc['accuracy']['data']['source']}:", "",
+                  "| contender | accuracy | drop vs FP32 (pt) | top-1 agreement |", "| --- | ---: | ---: | ---: |"]
+        for r in doc["accuracy"]["rows"]:
+            if "accuracy" in r:
+                lines.append(f"| {r['contender']} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | {r['top1_agreement']:.4f} |")
+    if doc["cold_start"]:
+        lines += ["", "| cold start (fresh process → first result) | median s | peak RSS MB |", "| --- | ---: | ---: |"]
+        for r in doc["cold_start"]:
+            if "error" not in r:
+                lines.append(f"| {r['contender']} | {r['total_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+    if doc["ratios"].get("speedup"):
+        lines += ["", "| speed-up (peer p50 ÷ best edgemm p50) | mode | batch | edgemm | ratio |", "| --- | --- | ---: | --- | ---: |"]
+        for r in doc["ratios"]["speedup"]:
+            lines.append(f"| {r['peer']} | {r['mode']} | {r['batch']} | {r['edgemm']} | {r['ratio']:.2f}× |")
+    if doc["targets"]:
+        lines += ["", "| target | goal | measured | status |", "| --- | --- | ---: | --- |"]
+        for t in doc["targets"]:
+            lines.append(f"| {t['target']} | {t.get('goal', '')} | {_fmt(t.get('measured'), 3)} | **{t['status']}** |")
+    return "\n".join(lines)
+
+
+def render(results: Path, readme: Path) -> None:
+    """Rewrite the generated part of ``readme`` from ``results/*/*/bench.json``."""
+    docs = sorted(results.glob("*/*/bench.json"))
+    body = "\n\n".join(section(json.loads(p.read_text(encoding="utf-8")), p) for p in docs) or "_No results recorded yet._"
+    text = readme.read_text(encoding="utf-8")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    readme.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    render(HERE / "results", HERE / "README.md")

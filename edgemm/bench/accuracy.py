@@ -1,0 +1,53 @@
+"""Accuracy drift of every contender against the FP32 artifact, measured on this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgemm.data.evalset import EvalSet
+from edgemm.data.metrics import classification_metrics
+
+
+def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> list[dict[str, Any]]:
+    """Task metrics of each contender and top-1 agreement / max |Δlogit| vs ``reference`` (FP32).
+
+    Inputs are the same preprocessed feeds for everyone (edgemm's runtime preprocessing), so the
+    drift is the model's alone.
+    """
+    ref_logits = np.concatenate([reference.logits(reference.native(feed)) for feed in evalset.feeds])
+    rows = []
+    for c in contenders:
+        try:
+            logits = ref_logits if c is reference else np.concatenate([c.logits(c.native(f)) for f in evalset.feeds])
+        except Exception as exc:  # a peer that cannot run is reported, not fatal
+            rows.append({"contender": c.name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            continue
+        metrics = classification_metrics(evalset.labels, logits)
+        reference_metrics = classification_metrics(evalset.labels, ref_logits)
+        if logits.ndim == 2 and logits.shape[1] > 1:
+            agreement = float((logits.argmax(-1) == ref_logits.argmax(-1)).mean())
+        else:
+            agreement = float(((logits.ravel() > 0) == (ref_logits.ravel() > 0)).mean())
+        rows.append({
+            "contender": c.name,
+            **metrics,
+            "drop_points": 100.0 * (reference_metrics["accuracy"] - metrics["accuracy"]),
+            "top1_agreement": agreement,
+            "max_abs_diff": float(np.abs(logits - ref_logits).max()),
+            "nonfinite": int((~np.isfinite(logits)).sum()),
+            "samples": len(evalset),
+        })
+    return rows
+
+
+def golden_evalset(bundle: Any, manifest: Any) -> EvalSet:
+    """Without labelled data: the golden set's feed, labelled with FP32's own predictions (agreement only)."""
+    from edgemm.bundle.golden import GoldenSet
+
+    golden = GoldenSet.load(bundle / manifest.golden)
+    output = manifest.postprocessing.get("output", manifest.outputs[0].name)
+    logits = golden.expected[output]
+    labels = logits.argmax(-1) if logits.ndim == 2 and logits.shape[1] > 1 else (logits.ravel() > 0).astype(int)
+    return EvalSet(feeds=[golden.feed], labels=labels, source={"data": "golden set", "labels": "fp32 predictions"})

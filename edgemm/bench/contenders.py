@@ -1,0 +1,70 @@
+"""What gets benchmarked: edgemm artifacts (torch-free) behind one small interface.
+
+A contender runs *end to end* (raw text / image bytes or paths / audio → predictions, including
+preprocessing) and *model only* (an already preprocessed feed → raw outputs, in the
+contender's own input format prepared outside the timed region).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Contender(Protocol):
+    """The benchmark interface (edgemm artifacts and peers alike)."""
+
+    name: str
+    kind: str          # "edgemm" or "peer"
+    precision: str
+    device: str
+    info: dict[str, Any]
+
+    def e2e(self, raw: dict[str, list[Any]]) -> Any: ...
+
+    def native(self, feed: dict[str, np.ndarray]) -> Any: ...
+
+    def model(self, native: Any) -> Any: ...
+
+    def logits(self, native: Any) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class EdgemmContender:
+    """One artifact of a bundle through :class:`edgemm.runtime.Predictor` (ONNX Runtime)."""
+
+    kind = "edgemm"
+
+    def __init__(self, bundle: Path, artifact: str, *, device: str = "cpu", threads: int | None = None):
+        from edgemm.runtime.predictor import Predictor
+
+        start = time.perf_counter()
+        self.predictor = Predictor.load(bundle, device=device, artifact=artifact, threads=threads)
+        art = self.predictor.artifact
+        self.name = f"edgemm:{art.name}"
+        self.precision = art.precision
+        self.device = self.predictor.device
+        self.output = self.predictor.manifest.postprocessing.get("output", self.predictor.manifest.outputs[0].name)
+        self.info = {"load_s": time.perf_counter() - start, "artifact": art.name, "runtime": "onnxruntime",
+                     "providers": self.predictor.backend.providers, "threads": self.predictor.backend.threads,
+                     "graph_optimized": bool(art.requirements.get("graph_optimized")),
+                     "degraded": self.predictor.degraded}
+
+    def e2e(self, raw: dict[str, list[Any]]) -> Any:
+        return self.predictor.predict(**raw)
+
+    def native(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return feed
+
+    def model(self, native: dict[str, np.ndarray]) -> Any:
+        return self.predictor.run(native)
+
+    def logits(self, native: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.predictor.run(native)[self.output], dtype=np.float64)
+
+    def close(self) -> None:
+        self.predictor.close()

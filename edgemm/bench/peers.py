@@ -1,0 +1,248 @@
+"""Peers: what users would otherwise run, measured beside edgemm in the same process.
+
+* ``torch-eager`` — the fine-tuned FusionModel in PyTorch (FP32; ``torch-eager-fp16`` on GPU),
+  with the training-time transformers processors.
+* ``torch-compile`` — the same model through ``torch.compile`` (``reduce-overhead``, i.e. CUDA
+  graphs, on GPU; the default Inductor mode on CPU). Compilation happens in the warm-up and is
+  reported separately.
+* ``optimum`` — the Optimum pipeline a user would write: ``ORTModelForCustomTasks`` on the
+  bundle's FP32 ONNX graph with transformers preprocessing.
+
+Build side: needs the ``export`` extra (torch, transformers, optimum).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm._deps import require
+from edgemm.errors import InputPathError, UsageError
+
+PEERS = ("torch-eager", "torch-eager-fp16", "torch-compile", "optimum")
+
+
+class HFPreprocessing:
+    """transformers processors (as a user of transformers would preprocess), from a checkpoint."""
+
+    def __init__(self, processors: Any, config: Any, input_names: list[str]):
+        self.processors = processors
+        self.config = config
+        self.input_names = input_names
+
+    def __call__(self, raw: dict[str, list[Any]], *, framework: str) -> dict[str, Any]:
+        from PIL import Image
+
+        out: dict[str, Any] = {}
+        procs = self.processors
+        n = max(len(v) for v in raw.values())
+        if "text" in self.config.encoders:
+            texts = [t or "" for t in raw.get("text", [""] * n)]
+            tok = procs.tokenizer(texts, padding=True, truncation=True, max_length=self.config.text_max_length,
+                                  return_tensors=framework)
+            out["input_ids"], out["attention_mask"] = tok["input_ids"], tok["attention_mask"]
+        if "image" in self.config.encoders:
+            images = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else Image.fromarray(np.asarray(x)).convert("RGB")
+                      for x in raw["image"]]
+            out["pixel_values"] = procs.image_processor(images, return_tensors=framework)["pixel_values"]
+        if "audio" in self.config.encoders:
+            out.update(self._audio(raw.get("audio", [None] * n), framework))
+        return out
+
+    def _audio(self, items: list[Any], framework: str) -> dict[str, Any]:
+        from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
+
+        front = self.processors.audio
+        rate = front["sampling_rate"] if isinstance(front, dict) else front.sampling_rate
+        waves = [np.zeros(rate // 4, np.float32) if x is None else load_audio(x, target_rate=rate, max_seconds=60.0)
+                 for x in items]
+        present = np.array([x is not None for x in items], dtype=np.float32)
+        if isinstance(front, dict):
+            feed = prepare_audio_batch(waves, front)
+        else:
+            feats = front(waves, sampling_rate=rate, padding=True, return_attention_mask=True, return_tensors="np")
+            key = "input_features" if "input_features" in feats else "input_values"
+            feed = {key: feats[key].astype(np.float32)}
+            if "attention_mask" in feats and "audio_attention_mask" in self.input_names:
+                feed["audio_attention_mask"] = feats["attention_mask"].astype(np.int64)
+        if "audio_present" in self.input_names:
+            feed["audio_present"] = present
+        if framework == "pt":
+            torch = require("torch")
+            return {k: torch.from_numpy(v) for k, v in feed.items()}
+        return feed
+
+
+def _load_model(checkpoint: Path) -> Any:
+    from edgemm.models.model import FusionModel
+
+    if checkpoint is None or not Path(checkpoint).is_dir():
+        raise InputPathError(f"Peers need the PyTorch checkpoint; {checkpoint} is not a directory.",
+                             hint="Pass --checkpoint (the directory `edgemm train` wrote).")
+    return FusionModel.from_pretrained(checkpoint).eval()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class TorchEager:
+    """The FusionModel in PyTorch eager mode."""
+
+    kind = "peer"
+
+    def __init__(self, checkpoint: Path, *, device: str = "cpu", threads: int | None = None, fp16: bool = False,
+                 compile_mode: str | None = None):
+        torch = require("torch", purpose="PyTorch peers")
+        if threads:
+            torch.set_num_threads(threads)
+        if fp16 and device != "cuda":
+            raise UsageError("torch-eager-fp16 needs a CUDA device.", hint="Use torch-eager on the CPU.")
+        start = time.perf_counter()
+        self.torch = torch
+        self.net = _load_model(checkpoint).to(device)
+        if fp16:
+            self.net = self.net.half()
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.device = device
+        self.precision = "fp16" if fp16 else "fp32"
+        self.preprocess = HFPreprocessing(self.net.processors, self.net.config, self.net.input_names())
+        self.output = self.net.output_names()[0]
+        self.forward = self.net
+        self.name = "torch-eager" + ("-fp16" if fp16 else "")
+        self.info: dict[str, Any] = {"runtime": f"torch {torch.__version__} eager", "threads": torch.get_num_threads()}
+        if compile_mode is not None:
+            self.forward = torch.compile(self.net, mode=compile_mode)
+            self.name = "torch-compile"
+            self.info["runtime"] = f"torch {torch.__version__} compile(mode={compile_mode})"
+        self.info["load_s"] = time.perf_counter() - start
+
+    def _to_device(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in tensors.items():
+            v = v.to(self.device)
+            out[k] = v.to(self.dtype) if v.is_floating_point() else v
+        return out
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def e2e(self, raw: dict[str, list[Any]]) -> np.ndarray:
+        with self.torch.inference_mode():
+            logits = self.forward(**self._to_device(self.preprocess(raw, framework="pt")))[self.output]
+            result = _softmax(logits.float().cpu().numpy())
+        return result
+
+    def native(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        return self._to_device({k: self.torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()})
+
+    def model(self, native: dict[str, Any]) -> Any:
+        with self.torch.inference_mode():
+            out = self.forward(**native)[self.output]
+        self._sync()
+        return out
+
+    def logits(self, native: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.model(native).float().cpu().numpy(), dtype=np.float64)
+
+    def close(self) -> None:
+        del self.net, self.forward
+
+
+class OptimumPipeline:
+    """``optimum.onnxruntime.ORTModelForCustomTasks`` on the bundle's FP32 graph + transformers processors."""
+
+    kind = "peer"
+    name = "optimum"
+    precision = "fp32"
+
+    def __init__(self, bundle: Path, checkpoint: Path, *, device: str = "cpu", threads: int | None = None):
+        require("optimum.onnxruntime", extra="export", purpose="the Optimum peer")
+        from optimum.onnxruntime import ORTModelForCustomTasks
+        from transformers import PretrainedConfig
+
+        from edgemm.bundle.verify import verify_bundle
+
+        start = time.perf_counter()
+        manifest = verify_bundle(bundle)
+        fp32 = manifest.artifact("fp32")
+        self._dir = Path(tempfile.mkdtemp(prefix="edgemm-optimum-"))
+        for rel in fp32.files:
+            shutil.copyfile(bundle / rel, self._dir / Path(rel).name)
+        PretrainedConfig().save_pretrained(self._dir)
+        provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        session_options = None
+        if threads:
+            import onnxruntime
+
+            session_options = onnxruntime.SessionOptions()
+            session_options.intra_op_num_threads = threads
+        self.ort_model = ORTModelForCustomTasks.from_pretrained(
+            self._dir, file_name=Path(fp32.path).name, provider=provider, session_options=session_options,
+            local_files_only=True)
+        from edgemm.models.config import FusionConfig
+        from edgemm.models.processors import Processors
+
+        config = FusionConfig.load(Path(checkpoint))
+        self.preprocess = HFPreprocessing(Processors.load(Path(checkpoint), config), config,
+                                          [t.name for t in manifest.inputs])
+        self.output = manifest.postprocessing.get("output", manifest.outputs[0].name)
+        self.device = device
+        self.info = {"runtime": "optimum ORTModelForCustomTasks", "provider": provider,
+                     "load_s": time.perf_counter() - start}
+
+    def e2e(self, raw: dict[str, list[Any]]) -> np.ndarray:
+        inputs = self.preprocess(raw, framework="np")
+        logits = getattr(self.ort_model(**inputs), self.output)
+        return _softmax(np.asarray(logits))
+
+    def native(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return feed
+
+    def model(self, native: dict[str, np.ndarray]) -> Any:
+        return self.ort_model(**native)
+
+    def logits(self, native: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(getattr(self.ort_model(**native), self.output), dtype=np.float64)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads: int | None) -> Any:
+    """Instantiate one peer by name."""
+    if name == "torch-eager":
+        return TorchEager(checkpoint, device=device, threads=threads)
+    if name == "torch-eager-fp16":
+        return TorchEager(checkpoint, device=device, threads=threads, fp16=True)
+    if name == "torch-compile":
+        return TorchEager(checkpoint, device=device, threads=threads,
+                          compile_mode="reduce-overhead" if device == "cuda" else "default")
+    if name == "optimum":
+        return OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
+    raise UsageError(f"Unknown peer {name!r}.", hint=f"Peers: {', '.join(PEERS)}.")
+
+
+def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str,
+                     threads: int | None) -> tuple[float, float, Any]:
+    """Child side of a peer's cold start: (import seconds, load seconds, first-prediction callable)."""
+    import importlib
+
+    from edgemm.bench.coldstart import first_request
+
+    t0 = time.perf_counter()
+    for module in ("torch", "transformers") if kind == "torch-eager" else ("torch", "transformers", "optimum.onnxruntime"):
+        importlib.import_module(module)  # the imports are part of what is measured
+    t1 = time.perf_counter()
+    peer = TorchEager(checkpoint, device=device, threads=threads) if kind == "torch-eager" else \
+        OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
+    t2 = time.perf_counter()
+    request = {m: [v] for m, v in first_request(bundle).items()}
+    return t1 - t0, t2 - t1, lambda: peer.e2e(request)
