@@ -104,6 +104,12 @@ class Manifest:
         valid = ", ".join(a.name for a in self.artifacts)
         raise BundleError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
 
+    def asset_paths(self) -> list[str]:
+        """Bundle files the preprocessing reads (e.g. ``text/tokenizer.json``)."""
+        listed = {f.path for f in self.files}
+        return sorted({value for section in self.preprocessing.values() for value in section.values()
+                       if isinstance(value, str) and value in listed})
+
     def required_modalities(self) -> list[str]:
         """Modalities a request must carry."""
         return [m for m, info in self.modalities.items() if info.get("required", True)]

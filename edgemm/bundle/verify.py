@@ -45,8 +45,8 @@ def verify_bundle(path: str | os.PathLike[str], *, check_hashes: bool = True) ->
 
     Args:
         path: The bundle directory.
-        check_hashes: Hash every file (default). ``False`` checks listing, types and sizes only;
-            use it only where the bundle was fully verified moments before.
+        check_hashes: Hash every file (default). ``False`` checks listing, links, types and sizes
+            only; the caller must then :func:`verify_hashes` every file it is about to read.
 
     Returns:
         The parsed :class:`Manifest`.
@@ -110,8 +110,29 @@ def verify_bundle(path: str | os.PathLike[str], *, check_hashes: bool = True) ->
                 f"{entry.path} is {st.st_size} bytes; the manifest says {entry.bytes} (truncated or altered).",
                 hint=_HINT,
             )
-        if check_hashes:
-            digest, _ = sha256_file(full, limit=entry.bytes)
-            if digest != entry.sha256:
-                raise BundleError(f"{entry.path} does not match its sha256 in the manifest (altered or corrupt).", hint=_HINT)
+    if check_hashes:
+        verify_hashes(root, manifest, [entry.path for entry in manifest.files])
     return manifest
+
+
+def verify_hashes(root: Path, manifest: Manifest, paths: list[str]) -> None:
+    """Hash-check the given listed files (each size-checked first, opened without following links).
+
+    Raises:
+        BundleError: A path is not listed, or its size or sha256 differs from the manifest.
+    """
+    entries = {entry.path: entry for entry in manifest.files}
+    for rel in paths:
+        entry = entries.get(rel)
+        if entry is None:
+            raise BundleError(f"{rel} is not listed in the manifest.", hint=_HINT)
+        full = root / rel
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            raise BundleError(f"The bundle is missing {rel}.", hint=_HINT) from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
+            raise BundleError(f"{rel} is not the file the manifest lists (truncated or altered).", hint=_HINT)
+        digest, _ = sha256_file(full, limit=entry.bytes)
+        if digest != entry.sha256:
+            raise BundleError(f"{rel} does not match its sha256 in the manifest (altered or corrupt).", hint=_HINT)

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Manifest
+from edgemm.bundle.verify import verify_hashes
 from edgemm.errors import BundleError, GoldenSetError
 from edgemm.runtime.compare import Tolerance, compare_all
 from edgemm.runtime.preprocess.pipeline import Preprocessor
@@ -18,9 +19,10 @@ _FEED_ATOL = 1e-5
 
 
 def load_golden(bundle: Path, manifest: Manifest) -> GoldenSet:
-    """Load the (already verified) golden set of a bundle."""
+    """Hash-check, then load, the golden set of a bundle."""
     if manifest.golden is None:
         raise BundleError("The bundle has no golden set.", hint="Export it again with this edgemm.")
+    verify_hashes(bundle, manifest, [manifest.golden])
     return GoldenSet.load(bundle / manifest.golden)
 
 

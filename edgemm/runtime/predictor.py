@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgemm.bundle.manifest import Artifact, Manifest
-from edgemm.bundle.verify import verify_bundle
+from edgemm.bundle.verify import verify_bundle, verify_hashes
 from edgemm.errors import (
     BackendUnavailableError,
     InvalidInputError,
@@ -114,7 +114,10 @@ class Predictor:
         if device not in DEVICES:
             raise UsageError(f"Unknown device {device!r}.", hint=f"Choose one of: {', '.join(DEVICES)}.")
         root = Path(bundle)
-        manifest = verify_bundle(root)
+        # Structure (listing, links, sizes) of everything now; hashes of exactly the files this
+        # predictor will read, before they are read. Hashing every artifact of a multi-precision
+        # bundle at each start would cost a kiosk seconds for files it never opens.
+        manifest = verify_bundle(root, check_hashes=False)
         if device == "auto":
             usable = available_devices()
             device = usable[0] if usable else "cpu"
@@ -127,6 +130,7 @@ class Predictor:
             )
         fallback = allow_cpu_fallback if allow_cpu_fallback is not None else device != "cuda"
         chosen, skipped = choose_artifact(manifest, device, artifact)
+        verify_hashes(root, manifest, [*chosen.files, *manifest.asset_paths()])
         for reason in skipped:
             log.info("skipped artifact %s", reason)
         backend = OrtBackend(root / chosen.path, manifest.inputs, manifest.outputs, device=device,

@@ -116,7 +116,7 @@ def test_fifo(bundle, no_parsers):
     _refused(bundle, "special file")
 
 
-@pytest.mark.parametrize("name", ["model/fp32.onnx", "golden.npz", "text/tokenizer.json"])
+@pytest.mark.parametrize("name", ["model/fp32.onnx", "text/tokenizer.json"])
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_one_flipped_byte_in_each_file(bundle, name, where, no_parsers):
     path = bundle / name
@@ -125,6 +125,27 @@ def test_one_flipped_byte_in_each_file(bundle, name, where, no_parsers):
     data[index] ^= 0x01
     path.write_bytes(bytes(data))
     _refused(bundle, "sha256")
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_flipped_golden_set_is_refused_before_it_is_read(bundle, where, monkeypatch):
+    """The predictor hashes what it reads (model, tokenizer); the golden set is hashed whenever
+    something reads it (verify, canary), and by a full verification."""
+    from edgemm.runtime import Predictor
+    from edgemm.runtime.golden import load_golden
+
+    path = bundle / "golden.npz"
+    data = bytearray(path.read_bytes())
+    data[{"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        verify_bundle(bundle)
+    manifest = verify_bundle(bundle, check_hashes=False)
+    monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("parsed before hashing")))
+    with pytest.raises(BundleError, match=r"golden\.npz does not match its sha256"):
+        load_golden(bundle, manifest)
+    with Predictor.load(bundle, device="cpu") as predictor:  # never opens golden.npz
+        assert predictor.artifact.name == "fp32"
 
 
 @pytest.mark.parametrize("name", ["model/fp32.onnx", "golden.npz", "text/tokenizer.json"])
