@@ -91,12 +91,16 @@ def test_cpu_kiosk_inspect_verify_and_runtime_choice(cpu_kiosk, digit_match):
     code, out, err, guard = run_edge("verify", str(bundle), "--json")
     assert code == 0, err
     assert {r["artifact"] for r in json.loads(out)["artifacts"]} == {"fp32", "fp32-opt", "int8", "int8-text"}
-    record = next(r for r in digit_match.split("test") if r.label == "match")
-    code, out, err, guard = run_edge("predict", str(bundle), "--text", record.text, "--image", str(record.image),
-                                     "--device", "cpu", "--json")
+    records = digit_match.split("test")[:6]
+    args = []
+    for r in records:
+        args += ["--text", r.text, "--image", str(r.image)]
+    code, out, err, guard = run_edge("predict", str(bundle), *args, "--device", "cpu", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["artifact"] == "int8" and doc["predictions"][0]["label"] == "match"
+    assert doc["artifact"] == "int8"
+    correct = sum(p["label"] == r.label for p, r in zip(doc["predictions"], records))
+    assert correct >= 5, (correct, doc["predictions"])  # a ≥97 % model, 6 real test pairs
     assert guard == {"modules": [], "sockets": 0}
     with Predictor.load(bundle, device="cpu") as predictor:
         assert predictor.artifact.name == "int8"
