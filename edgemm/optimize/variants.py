@@ -108,7 +108,7 @@ def _build_one(ctx: VariantContext, spec: VariantSpec) -> Artifact | None:
         excluded: list[str] = []
         rounds = 0 if precision == "fp32-opt" else ctx.recipe.repair_rounds
         for round_no in range(1, rounds + 1):
-            if result.passed:
+            if result.passed or "error" in report["attempts"][-1]:
                 break
             ranked = _rank_harm(ctx, spec, precision, target, excluded)
             if not ranked:
@@ -134,8 +134,17 @@ def _attempt(ctx: VariantContext, spec: VariantSpec, precision: str, target: Pat
              report: dict[str, Any], label: str, harmful: list[dict[str, Any]] | None = None) -> tuple[GateResult, dict[str, Any]]:
     base_path = ctx.bases[spec.base]
     info = _make(ctx, spec, precision, base_path, target, exclude)
-    edge = _edge_check(target, ctx.edge_feeds)
-    outputs = run_artifact(target, ctx.evalset.feeds, ctx.output)
+    try:
+        edge = _edge_check(target, ctx.edge_feeds)
+        outputs = run_artifact(target, ctx.evalset.feeds, ctx.output)
+    except Exception as exc:  # ORT raises many types; an artifact that cannot be measured cannot ship
+        reason = f"ONNX Runtime's CPU provider could not run it: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        log.warning("variant %s: %s", spec.name, reason)
+        result = GateResult(metric=ctx.recipe.metric, value=float("nan"), fp32_value=float("nan"),
+                            drop_points=float("inf"), budget_points=ctx.recipe.budget_points, top1_agreement=0.0,
+                            max_abs_diff=float("inf"), nonfinite=0, samples=len(ctx.evalset), passed=False)
+        report["attempts"].append({"precision": precision, "step": label, "error": reason, "excluded_nodes": len(exclude)})
+        return result, info
     result = judge(outputs, ctx.fp32_outputs, ctx.evalset.labels, metric=ctx.recipe.metric,
                    budget_points=ctx.recipe.budget_points)
     if edge["nonfinite"]:

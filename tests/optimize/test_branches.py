@@ -31,3 +31,23 @@ def test_every_branch_is_found(tiny_ckpt, tmp_path, exporter):
 
 def test_vnni_probe_is_a_bool():
     assert isinstance(cpu_has_vnni(), bool)
+
+
+def test_an_artifact_the_cpu_cannot_run_fails_its_gate_cleanly(tmp_path):
+    """A variant ONNX Runtime cannot load is a recorded gate failure, never a crash."""
+    import numpy as np
+
+    from edgemm.data.evalset import EvalSet
+    from edgemm.export.recipes import VariantSpec, load_recipe
+    from edgemm.optimize.variants import VariantContext, _attempt
+
+    broken = tmp_path / "broken.onnx"
+    ctx = VariantContext(staging=tmp_path, bases={"plain": broken}, base_info={}, output="logits",
+                         evalset=EvalSet(feeds=[{}], labels=np.array([0]), source={}), fp32_outputs=np.zeros((1, 2)),
+                         calibration_feeds=[], edge_feeds={}, recipe=load_recipe("jetson-orin-nano"),
+                         parity_check=lambda path: {})
+    report = {"attempts": []}
+    spec = VariantSpec(name="x", precision="fp32-opt", base="plain")
+    broken.write_bytes(b"not an onnx model")
+    result, _ = _attempt(ctx, spec, "fp32-opt", tmp_path / "x.onnx", exclude=[], report=report, label="initial")
+    assert not result.passed and "could not run it" in report["attempts"][0]["error"]
