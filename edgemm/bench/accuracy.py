@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgemm.data.evalset import EvalSet
-from edgemm.data.metrics import classification_metrics
+from edgemm.data.metrics import classification_metrics, predicted_classes, top1_agreement
 
 
 def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> list[dict[str, Any]]:
@@ -17,6 +17,7 @@ def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> l
     drift is the model's alone.
     """
     ref_logits = np.concatenate([reference.logits(reference.native(feed)) for feed in evalset.feeds])
+    reference_metrics = classification_metrics(evalset.labels, ref_logits)
     rows = []
     for c in contenders:
         try:
@@ -25,16 +26,11 @@ def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> l
             rows.append({"contender": c.name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
             continue
         metrics = classification_metrics(evalset.labels, logits)
-        reference_metrics = classification_metrics(evalset.labels, ref_logits)
-        if logits.ndim == 2 and logits.shape[1] > 1:
-            agreement = float((logits.argmax(-1) == ref_logits.argmax(-1)).mean())
-        else:
-            agreement = float(((logits.ravel() > 0) == (ref_logits.ravel() > 0)).mean())
         rows.append({
             "contender": c.name,
             **metrics,
             "drop_points": 100.0 * (reference_metrics["accuracy"] - metrics["accuracy"]),
-            "top1_agreement": agreement,
+            "top1_agreement": top1_agreement(logits, ref_logits),
             "max_abs_diff": float(np.abs(logits - ref_logits).max()),
             "nonfinite": int((~np.isfinite(logits)).sum()),
             "samples": len(evalset),
@@ -44,10 +40,8 @@ def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> l
 
 def golden_evalset(bundle: Any, manifest: Any) -> EvalSet:
     """Without labelled data: the golden set's feed, labelled with FP32's own predictions (agreement only)."""
-    from edgemm.bundle.golden import GoldenSet
+    from edgemm.runtime.golden import load_golden
 
-    golden = GoldenSet.load(bundle / manifest.golden)
+    golden = load_golden(bundle, manifest)
     output = manifest.postprocessing.get("output", manifest.outputs[0].name)
-    logits = golden.expected[output]
-    labels = logits.argmax(-1) if logits.ndim == 2 and logits.shape[1] > 1 else (logits.ravel() > 0).astype(int)
-    return EvalSet(feeds=[golden.feed], labels=labels, source={"data": "golden set", "labels": "fp32 predictions"})
+    return EvalSet(feeds=[golden.feed], labels=predicted_classes(golden.expected[output]), source={"data": "golden set", "labels": "fp32 predictions"})

@@ -250,12 +250,11 @@ def _input_maker(bundle: Path, manifest: Manifest, *, evalset_records: list[Any]
 
     preprocessor = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
     if evalset_records:
-        rows = [{m: (getattr(r, m) if m == "text" else (None if getattr(r, m) is None else str(getattr(r, m))))
-                 for m in manifest.modalities} for r in evalset_records]
+        rows = [r.inputs(list(manifest.modalities)) for r in evalset_records]
     else:
-        from edgemm.bundle.golden import GoldenSet
+        from edgemm.runtime.golden import load_golden
 
-        golden = GoldenSet.load(bundle / manifest.golden).raw_requests()
+        golden = load_golden(bundle, manifest).raw_requests()
         count = len(next(iter(golden.values())))
         rows = [{m: golden[m][i] for m in golden} for i in range(count)]
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgemm._deps import require
 from edgemm.errors import InputPathError, UsageError
+from edgemm.runtime.postprocess import softmax
 
 PEERS = ("torch-eager", "torch-eager-fp16", "torch-compile", "optimum")
 
@@ -87,11 +88,6 @@ def _load_model(checkpoint: Path) -> Any:
     return FusionModel.from_pretrained(checkpoint).eval()
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 class TorchEager:
     """The FusionModel in PyTorch eager mode."""
 
@@ -137,7 +133,7 @@ class TorchEager:
     def e2e(self, raw: dict[str, list[Any]]) -> np.ndarray:
         with self.torch.inference_mode():
             logits = self.forward(**self._to_device(self.preprocess(raw, framework="pt")))[self.output]
-            result = _softmax(logits.float().cpu().numpy())
+            result = softmax(logits.float().cpu().numpy())
         return result
 
     def native(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -201,7 +197,7 @@ class OptimumPipeline:
     def e2e(self, raw: dict[str, list[Any]]) -> np.ndarray:
         inputs = self.preprocess(raw, framework="np")
         logits = getattr(self.ort_model(**inputs), self.output)
-        return _softmax(np.asarray(logits))
+        return softmax(np.asarray(logits))
 
     def native(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return feed

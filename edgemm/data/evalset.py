@@ -37,10 +37,10 @@ class EvalSet:
                 pad["text_pad_to"] = preprocessor.text.max_length
             audio = preprocessor.preprocessing.get("audio")
             if audio is not None and "audio" in modalities and audio["features"] != "whisper_log_mel":
-                lengths = [preprocessor({m: [_raw(r, m) for r in chunk] for m in modalities})[audio["input"]].shape[-1]
+                lengths = [preprocessor(_raw(chunk, modalities))[audio["input"]].shape[-1]
                            for chunk in chunks]
                 pad["audio_pad_to"] = max(lengths)
-        feeds = [preprocessor({m: [_raw(r, m) for r in chunk] for m in modalities}, **pad) for chunk in chunks]
+        feeds = [preprocessor(_raw(chunk, modalities), **pad) for chunk in chunks]
         kept = [r for chunk in chunks for r in chunk]
         return cls(feeds=feeds, labels=np.array([index[r.label] for r in kept]), source=source)
 
@@ -48,6 +48,7 @@ class EvalSet:
         return int(self.labels.shape[0])
 
 
-def _raw(record: Record, modality: str) -> Any:
-    value = getattr(record, modality)
-    return None if value is None else (value if modality == "text" else str(value))
+def _raw(records: list[Record], modalities: list[str]) -> dict[str, list[Any]]:
+    """Per-modality lists of raw inputs for a chunk of records."""
+    rows = [r.inputs(modalities) for r in records]
+    return {m: [row[m] for row in rows] for m in modalities}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemm.data.metrics import classification_metrics
+from edgemm.data.metrics import classification_metrics, top1_agreement
 
 log = logging.getLogger("edgemm.optimize")
 
@@ -64,10 +64,7 @@ def judge(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray, *, 
     safe = np.nan_to_num(outputs, nan=0.0, posinf=1e6, neginf=-1e6)
     value = classification_metrics(labels, safe)[metric]
     reference = classification_metrics(labels, fp32_outputs)[metric]
-    if outputs.ndim == 2 and outputs.shape[1] > 1:
-        agreement = float((safe.argmax(-1) == fp32_outputs.argmax(-1)).mean())
-    else:
-        agreement = float(((safe.ravel() > 0) == (fp32_outputs.ravel() > 0)).mean())
+    agreement = top1_agreement(safe, fp32_outputs)
     drop = (reference - value) * 100.0
     return GateResult(metric=metric, value=value, fp32_value=reference, drop_points=drop, budget_points=budget_points,
                       top1_agreement=agreement, max_abs_diff=float(np.abs(safe - fp32_outputs).max()),
