@@ -123,6 +123,26 @@ class BundleExistsError(BundleError):
     code = "E_BUNDLE_EXISTS"
 
 
+class ArchiveError(BundleError):
+    """A ``.edgemm`` archive is malformed, unsigned, wrongly signed or unsafe to extract."""
+
+    code = "E_ARCHIVE"
+
+
+class SignatureError(ArchiveError):
+    """An archive's Ed25519 signature does not verify against the trusted public key."""
+
+    exit_code = EXIT_CHECK_FAILED
+    code = "E_SIGNATURE"
+
+
+class DowngradeError(ArchiveError):
+    """An archive is not newer than the bundle the device already runs."""
+
+    exit_code = EXIT_CHECK_FAILED
+    code = "E_DOWNGRADE"
+
+
 class RuntimeFailure(EdgemmError):
     """An inference backend failed while running a model."""
 
@@ -172,3 +192,9 @@ class GoldenSetError(CheckFailedError):
     """An artifact no longer reproduces the bundle's golden outputs on this machine."""
 
     code = "E_GOLDEN"
+
+
+class EngineMismatchError(CheckFailedError):
+    """A TensorRT engine in the bundle does not fit this machine (or the engine policy refuses it)."""
+
+    code = "E_ENGINE_MISMATCH"

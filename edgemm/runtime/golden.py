@@ -11,6 +11,7 @@ from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Manifest
 from edgemm.bundle.verify import verify_hashes
 from edgemm.errors import BundleError, GoldenSetError
+from edgemm.runtime.backends.base import Backend
 from edgemm.runtime.compare import Tolerance, compare_all
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 
@@ -27,12 +28,17 @@ def load_golden(bundle: Path, manifest: Manifest) -> GoldenSet:
 
 
 def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: str = "cpu",
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, backend: Backend | None = None) -> dict[str, Any]:
     """Compare this machine's preprocessing and an artifact's outputs with the golden set.
+
+    Args:
+        backend: An already active backend of ``artifact`` (a server's canary); default: a new
+            ONNX Runtime session on ``device``, closed afterwards.
 
     Returns:
         ``{"artifact", "device", "passed", "preprocessing": {...}, "outputs": [...]}``.
     """
+    from edgemm.bundle.manifest import ENGINE_KIND
     from edgemm.runtime.backends.onnxruntime import OrtBackend
 
     art = manifest.artifact(artifact)
@@ -48,9 +54,18 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
         raise BundleError(f"The golden set has no outputs recorded for artifact {artifact!r}.",
                           hint="Export the bundle again with this edgemm.")
     tolerance = Tolerance.from_dict(art.validation.get("tolerance", manifest.validation.get("tolerance", {})))
-    backend = OrtBackend(bundle / art.path, manifest.inputs, manifest.outputs, device=device, threads=threads)
-    with backend:
+    if backend is not None:
         actual = backend.run(golden.feed)
+    else:
+        if art.kind == ENGINE_KIND:
+            # Hash and compatibility checks come before the engine is deserialized.
+            from edgemm.runtime.backends.tensorrt import TensorRTBackend
+
+            backend = TensorRTBackend.from_bundle(bundle, manifest, art)
+        else:
+            backend = OrtBackend(bundle / art.path, manifest.inputs, manifest.outputs, device=device, threads=threads)
+        with backend:
+            actual = backend.run(golden.feed)
     classify = {manifest.postprocessing.get("output")} if manifest.task != "regression" else set()
     # Pass/fail: does the artifact still produce what it produced at export time? The drift
     # against the PyTorch reference is reported alongside (an accepted mismatch shows up there).
@@ -66,9 +81,10 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
     }
 
 
-def check_golden(bundle: Path, manifest: Manifest, artifact: str, *, device: str = "cpu") -> dict[str, Any]:
+def check_golden(bundle: Path, manifest: Manifest, artifact: str, *, device: str = "cpu",
+                 backend: Backend | None = None) -> dict[str, Any]:
     """Like :func:`golden_report`, raising :class:`GoldenSetError` when anything differs."""
-    report = golden_report(bundle, manifest, artifact, device=device)
+    report = golden_report(bundle, manifest, artifact, device=device, backend=backend)
     if not report["passed"]:
         bad = report["preprocessing"]["mismatched_inputs"]
         failed = [f"{o['output']}: {'; '.join(o['reasons'])}" for o in report["outputs"] if not o["passed"]]

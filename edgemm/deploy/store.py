@@ -1,0 +1,304 @@
+"""The device store: installed bundles and the one pointer that says which is active.
+
+Layout::
+
+    STORE/
+      active            symlink → bundles/<id>   (switched by rename: atomic)
+      previous          symlink → the bundle active before the last switch
+      bundles/<id>/     statement.json + bundle/   (complete, hashed and fsynced before use)
+      staging/          installs in progress (a crashed one is cleared by the next)
+      install.lock      one install at a time
+
+Crash safety: until the ``active`` rename, nothing the server reads has changed; after it,
+``active`` names a complete, fsynced, canaried bundle. A power cut at any point therefore leaves
+the old bundle or the new one active, never a mix — tested by SIGKILL at many points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgemm.bundle.verify import verify_bundle
+from edgemm.deploy.archive import (
+    DEFAULT_MAX_TOTAL_BYTES,
+    PREFIX,
+    ArchiveReader,
+    Statement,
+    parse_statement,
+    parse_version,
+    read_signed_statement,
+)
+from edgemm.deploy.keys import load_public_key
+from edgemm.errors import (
+    ArchiveError,
+    BundleError,
+    DowngradeError,
+    EdgemmError,
+    InputPathError,
+    UsageError,
+)
+
+log = logging.getLogger("edgemm.deploy")
+
+# Fault injection for the crash tests: SIGKILL this process at the N-th durability checkpoint.
+_KILL_AT = int(os.environ.get("EDGEMM_FAULT_KILL_AT", "0") or 0)
+_checkpoints = 0
+
+
+def _checkpoint() -> None:
+    global _checkpoints
+    _checkpoints += 1
+    if _KILL_AT and _checkpoints == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class InstalledBundle:
+    """One installed bundle: its directory, the bundle inside, and its signed statement."""
+
+    root: Path
+    statement: dict[str, Any]
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def version(self) -> str:
+        return str(self.statement["version"])
+
+    @property
+    def name(self) -> str:
+        return str(self.statement["name"])
+
+
+class DeviceStore:
+    """A directory of installed bundles with an atomically switched ``active`` pointer."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _resolve(self, link: str) -> InstalledBundle | None:
+        pointer = self.root / link
+        try:
+            target = os.readlink(pointer)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BundleError(f"{pointer} is not a store pointer ({exc}).") from None
+        parts = Path(target).parts
+        if len(parts) != 2 or parts[0] != "bundles" or parts[1] in ("", ".", ".."):
+            raise BundleError(f"{pointer} points outside the store ({target!r}).",
+                              hint="Re-install a bundle with edgemm install.")
+        root = self.root / target
+        try:
+            statement = json.loads((root / "statement.json").read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{root} has no readable statement ({exc}).") from None
+        return InstalledBundle(root, statement)
+
+    def active(self) -> InstalledBundle | None:
+        """The active bundle, or ``None`` before the first install."""
+        return self._resolve("active")
+
+    def previous(self) -> InstalledBundle | None:
+        return self._resolve("previous")
+
+    # -- writing ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "install.lock", "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"Another install into {self.root} is running.",
+                                 hint="Wait for it to finish.") from None
+            yield
+
+    def _switch(self, link: str, target_id: str) -> None:
+        tmp = self.root / f".{link}.new"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"bundles/{target_id}", tmp)
+        _checkpoint()
+        os.replace(tmp, self.root / link)
+        _checkpoint()
+        _fsync_dir(self.root)
+        _checkpoint()
+
+    def install(self, archive: Path, trusted_key: Path, *, device: str = "cpu", canary: bool = True,
+                allow_same_version: bool = False,
+                max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> dict[str, Any]:
+        """Verify, extract, canary and atomically activate a signed archive.
+
+        Order: signature (before any bundle byte is read) → version (no downgrades) → free
+        space → extraction into staging with every name, size and hash checked against the
+        signed statement → fsync → bundle verification → canary on this machine → move into
+        ``bundles/`` → switch ``active`` → re-verify, rolling back on failure.
+
+        Returns:
+            ``{"installed": version, "previous": version|None, "id": ..., "canary": {...}}``.
+
+        Raises:
+            SignatureError / DowngradeError (exit 4), ArchiveError, BundleError, GoldenSetError.
+        """
+        if not archive.is_file():
+            raise InputPathError(f"Archive {archive} does not exist.")
+        public_key = load_public_key(trusted_key)
+        with self._locked():
+            staging = self.root / "staging"
+            shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted install
+            (self.root / "bundles").mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            with open(archive, "rb") as fh:
+                reader = ArchiveReader(fh, file_size=os.fstat(fh.fileno()).st_size)
+                statement = read_signed_statement(reader, public_key)
+                current = self.active()
+                self._check_version(statement, current, allow_same_version)
+                self._check_space(statement, max_total_bytes)
+                install_id = f"{statement.version}-{statement.digest[:12]}"
+                work = staging / install_id
+                self._extract(reader, statement, work / "bundle")
+            (work / "statement.json").write_bytes(statement.raw)
+            _fsync_dir(work)
+            _checkpoint()
+            manifest = verify_bundle(work / "bundle", check_hashes=True)
+            if manifest.name != statement.name:
+                raise ArchiveError(f"The statement names {statement.name!r} but the bundle is {manifest.name!r}.")
+            report = self._canary(work / "bundle", device) if canary else {"skipped": True}
+            final = self.root / "bundles" / install_id
+            if final.exists():
+                if current is not None and current.root.name == install_id:
+                    raise DowngradeError(f"Version {statement.version} is already active.")
+                shutil.rmtree(final)
+            os.replace(work, final)
+            _fsync_dir(self.root / "bundles")
+            _checkpoint()
+            if current is not None:
+                self._switch("previous", current.root.name)
+            self._switch("active", install_id)
+            try:
+                verify_bundle(final / "bundle", check_hashes=True)
+            except EdgemmError:
+                if current is not None:  # roll back: the old bundle is still complete
+                    self._switch("active", current.root.name)
+                raise
+            self._prune()
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("installed %s %s (was %s)", statement.name, statement.version, current.version if current else None)
+        return {"installed": statement.version, "name": statement.name, "id": install_id,
+                "previous": current.version if current else None, "canary": _canary_summary(report)}
+
+    def rollback(self) -> dict[str, Any]:
+        """Make the previous bundle active again (it stays verified and complete)."""
+        with self._locked():
+            current, previous = self.active(), self.previous()
+            if previous is None or current is None:
+                raise UsageError("There is no previous bundle to roll back to.")
+            verify_bundle(previous.bundle, check_hashes=True)
+            self._switch("previous", current.root.name)
+            self._switch("active", previous.root.name)
+        return {"active": previous.version, "previous": current.version}
+
+    # -- steps ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_version(statement: Statement, current: InstalledBundle | None, allow_same: bool) -> None:
+        if current is None:
+            return
+        new, old = parse_version(statement.version), parse_version(current.version)
+        if new < old or (new == old and not allow_same):
+            raise DowngradeError(
+                f"Archive version {statement.version} is not newer than the active {current.version}.",
+                hint="Pack the bundle with a higher --version; downgrades are refused.")
+
+    def _check_space(self, statement: Statement, cap: int) -> None:
+        total = statement.total_bytes
+        if total > cap:
+            raise ArchiveError(f"The archive unpacks to {total} bytes; the cap is {cap}.")
+        free = shutil.disk_usage(self.root).free
+        if total * 1.1 + 64 * 2**20 > free:
+            raise ArchiveError(f"Not enough disk space: the bundle needs {total} bytes, {free} are free.",
+                               hint="Remove old files, or install on a larger disk.")
+
+    @staticmethod
+    def _extract(reader: ArchiveReader, statement: Statement, dest: Path) -> None:
+        dest.mkdir(parents=True)
+        for path, size, digest in statement.files:
+            member = reader.next_member()
+            if member is None:
+                raise ArchiveError(f"The archive ends before {path!r}.")
+            if member.name != PREFIX + path:
+                raise ArchiveError(f"Unexpected archive member {member.name!r} (expected {PREFIX + path!r}): "
+                                   "unlisted, duplicated or out of order.")
+            if member.size != size:
+                raise ArchiveError(f"{path!r} is {member.size} bytes in the archive; the signed size is {size}.")
+            target = dest / path
+            for parent in reversed(target.relative_to(dest).parents):
+                folder = dest / parent
+                if not folder.exists():
+                    folder.mkdir()
+                elif folder.is_symlink() or not folder.is_dir():
+                    raise ArchiveError(f"{parent} is not a plain directory.")
+            hasher = hashlib.sha256()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(target, flags, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in reader.stream(member):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    _checkpoint()
+                out.flush()
+                os.fsync(out.fileno())
+            if hasher.hexdigest() != digest:
+                raise ArchiveError(f"{path!r} does not match its signed sha256.", hint="The archive is corrupt.")
+        if reader.next_member() is not None:
+            raise ArchiveError("The archive has members beyond the signed list.")
+        for folder in sorted({p.parent for p in dest.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(folder)
+
+    @staticmethod
+    def _canary(bundle: Path, device: str) -> dict[str, Any]:
+        from edgemm.runtime.golden import check_golden
+        from edgemm.runtime.predictor import Predictor
+
+        with Predictor.load(bundle, device=device) as predictor:
+            return check_golden(bundle, predictor.manifest, predictor.artifact.name,
+                                device=predictor.device, backend=predictor.backend)
+
+    def _prune(self) -> None:
+        keep = {b.root.name for b in (self.active(), self.previous()) if b is not None}
+        for entry in (self.root / "bundles").iterdir():
+            if entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _canary_summary(report: dict[str, Any]) -> dict[str, Any]:
+    if report.get("skipped"):
+        return {"skipped": True}
+    return {"passed": report["passed"], "artifact": report["artifact"], "device": report["device"]}
+
+
+__all__ = ["DeviceStore", "InstalledBundle", "parse_statement"]

@@ -1,0 +1,253 @@
+"""The ASGI application: guard middleware, the ``/v1`` API, metrics and the kiosk page."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edgemm.serve.batcher import MicroBatcher
+from edgemm.serve.config import ServeConfig
+from edgemm.serve.host import ModelHost
+from edgemm.serve.httperrors import ApiError, api_error
+from edgemm.serve.inputs import decode_inputs, parse_body
+from edgemm.serve.metrics import Metrics
+
+log = logging.getLogger("edgemm.serve")
+
+_SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-resource-policy": "same-origin",
+    "content-security-policy": ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                                "style-src 'self'; script-src 'self'; connect-src 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+}
+_STATIC = {"kiosk.js": "text/javascript; charset=utf-8", "kiosk.css": "text/css; charset=utf-8"}
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class GuardMiddleware:
+    """Host allow-list and Origin check (DNS rebinding, cross-site posts), plus security headers.
+
+    Runs before routing, so a foreign Host never reaches a handler or the body reader.
+    """
+
+    def __init__(self, app: ASGIApp, config: ServeConfig, metrics: Metrics):
+        self.app = app
+        self.allowed = config.host_allow_list
+        self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        self.metrics = metrics
+
+    def _refusal(self, scope: Scope) -> ApiError | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        if _hostname(host) not in self.allowed:
+            return api_error("host_not_allowed", "This server does not answer to that Host name.",
+                             hint="Use http://127.0.0.1:<port>/ on the kiosk itself, or start it with --allow-host.")
+        origin = headers.get("origin")
+        if origin is not None:
+            low = origin.rstrip("/").lower()
+            same = urlsplit(low).netloc == host.lower()
+            if not (same or low in self.origins):
+                return api_error("origin_not_allowed", "Cross-origin requests are refused.",
+                                 hint="Open the kiosk page from this server, or start it with --allow-origin.")
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.encode(), v.encode()) for k, v in _SECURITY_HEADERS.items() if k.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if refusal is not None:
+            self.metrics.observe_response(refusal.status, 0.0, refusal.code)
+            await error_response(refusal)(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8310
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``cap`` (chunked bodies too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise api_error("invalid_request", "Content-Length is not a number.")
+        if int(declared) > cap:
+            raise api_error("body_too_large", f"The body is {int(declared)} bytes; the limit is {cap}.",
+                            hint="Send a smaller photo or a shorter recording.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise api_error("body_too_large", f"The body is over the limit of {cap} bytes.",
+                            hint="Send a smaller photo or a shorter recording.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_or_disconnect(request: Request, future: asyncio.Future) -> bool:
+    """Wait for ``future``; return False as soon as the client disconnects instead."""
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return future in done
+
+
+def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = None,
+              on_fatal: Any = None) -> Starlette:
+    """The kiosk ASGI app over ``host`` (which the caller loads; see :func:`edgemm.serve.server.serve`)."""
+    metrics = metrics or host.metrics
+    batcher = MicroBatcher(host, config, metrics, on_fatal=on_fatal)
+    metrics.gauges.update({
+        "edgemm_queue_depth": lambda: batcher.depth,
+        "edgemm_ready": lambda: float(host.ready),
+        "edgemm_degraded": lambda: float(bool(host.current and host.current.predictor.degraded)),
+        "edgemm_on_gpu": lambda: float(bool(host.current and host.current.predictor.device == "cuda")),
+    })
+    metrics.info = host.info
+
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        code: str | None = None
+        try:
+            if not host.ready:
+                raise api_error("not_ready", f"The model is not ready: {host.not_ready_reason}",
+                                headers={"Retry-After": "5"})
+            cur = host.current
+            body = await read_body(request, config.max_body_bytes)
+            raw = await parse_body(body, request.headers, request.query_params)
+            decoded = await run_in_threadpool(decode_inputs, raw, cur.predictor.manifest, config)
+            job = batcher.submit(decoded)
+            if not await _wait_or_disconnect(request, job.future):
+                job.cancelled = True
+                metrics.count_cancelled()
+                return Response(status_code=499)
+            prediction = job.future.result()
+            payload = {**prediction.to_dict(), "model": {
+                "name": cur.predictor.manifest.name, "artifact": job.artifact,
+                "device": cur.predictor.device, "batch": job.batch_size}}
+            response: Response = JSONResponse(payload, headers={"cache-control": "no-store"})
+        except ApiError as exc:
+            code = exc.code
+            response = error_response(exc)
+        except ClientDisconnect:
+            metrics.count_cancelled()
+            return Response(status_code=499)
+        elapsed = time.perf_counter() - started
+        metrics.observe_response(response.status_code, elapsed, code)
+        # Never the payload: status, code and time only.
+        log.info("POST /v1/predict %d%s %.1f ms", response.status_code, f" {code}" if code else "", elapsed * 1e3)
+        return response
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def ready(request: Request) -> Response:
+        cur = host.current
+        body: dict[str, Any] = {"ready": host.ready, "policy": config.device_policy}
+        if cur is not None:
+            body.update(device=cur.predictor.device, degraded=cur.predictor.degraded,
+                        artifact=cur.predictor.artifact.name)
+        if not host.ready:
+            body["error"] = {"code": "not_ready", "message": host.not_ready_reason}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(body)
+
+    async def model(request: Request) -> Response:
+        cur = host.current
+        if cur is None:
+            return error_response(api_error("not_ready", f"No model is loaded: {host.not_ready_reason}"))
+        m = cur.predictor.manifest
+        limits = {"max_body_bytes": config.max_body_bytes, "max_text_chars": config.max_text_chars,
+                  "max_pixels": config.max_pixels, "max_audio_seconds": config.max_audio_seconds}
+        return JSONResponse({
+            "name": m.name, "task": m.task, "labels": m.labels, "version": cur.version,
+            "modalities": {k: {"required": v.get("required", True)} for k, v in m.modalities.items()},
+            "image_formats": m.preprocessing.get("image", {}).get("formats"),
+            "artifact": {"name": cur.predictor.artifact.name, "precision": cur.predictor.artifact.precision},
+            "device": cur.predictor.device, "degraded": cur.predictor.degraded, "limits": limits,
+            "batching": {"max_batch": config.max_batch, "max_delay_ms": config.max_delay_ms},
+        })
+
+    async def prometheus(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    page = resources.files("edgemm.serve") / "static"
+
+    async def index(request: Request) -> Response:
+        return Response(page.joinpath("index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return error_response(api_error("not_found", "No such file."))
+        return Response(page.joinpath(name).read_bytes(), media_type=_STATIC[name])
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+        return error_response(api_error(code, "No such endpoint." if status == 404 else "Method not allowed."))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher.start()
+        host.start_watcher()
+        try:
+            yield
+        finally:
+            host.stop()
+            await batcher.stop()
+
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/v1/health/live", live),
+        Route("/v1/health/ready", ready),
+        Route("/v1/model", model),
+        Route("/metrics", prometheus),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
+    return app

@@ -1,0 +1,188 @@
+"""The model host: loads the bundle, warms it up, runs the known-answer canary, swaps bundles.
+
+Readiness means: the predictor is loaded, warmed up, and reproduced the golden set's recorded
+outputs on this machine. A newly committed bundle in a device store is loaded and canaried in
+the background; only then does it replace the serving one, so requests never see a half-loaded
+model and a bad bundle never serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemm.errors import BackendUnavailableError, EdgemmError
+from edgemm.runtime.golden import check_golden, load_golden
+from edgemm.runtime.predictor import Predictor
+from edgemm.serve.config import ServeConfig
+from edgemm.serve.metrics import Metrics
+
+log = logging.getLogger("edgemm.serve")
+
+# CUDA errors after which the context is unusable: only a new process recovers.
+_POISON_MARKERS = (
+    "illegal memory access", "cudaerrorillegaladdress", "unspecified launch failure",
+    "cudaerrorlaunchfailure", "device-side assert", "cuda error: an illegal", "cudaerrorecc",
+    "uncorrectable ecc", "cudaerrordevicesunavailable", "gpu has fallen off the bus", "cudaerrorassert",
+    "cublas_status_execution_failed", "cudnn_status_execution_failed", "cudaerrormisalignedaddress",
+)
+
+
+def poisons_gpu(error: BaseException, device: str) -> bool:
+    """Whether ``error`` on ``device`` leaves the CUDA context unusable (restart the process)."""
+    if device != "cuda":
+        return False
+    text = f"{type(error).__name__}: {error}".lower()
+    return any(marker in text for marker in _POISON_MARKERS)
+
+
+@dataclass
+class Loaded:
+    """A predictor that passed warm-up and the canary, and where it came from."""
+
+    predictor: Predictor
+    source: Path
+    version: str | None
+    canary: dict[str, Any]
+    loaded_at: float = field(default_factory=time.time)
+
+
+class ModelHost:
+    """Owns the serving predictor; see the module docstring.
+
+    Args:
+        config: The server configuration.
+        metrics: Where reloads are counted.
+    """
+
+    def __init__(self, config: ServeConfig, metrics: Metrics):
+        self.config = config
+        self.metrics = metrics
+        self.current: Loaded | None = None
+        self.not_ready_reason: str | None = "starting: loading the bundle"
+        self._failed_sources: set[Path] = set()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _source(self) -> tuple[Path, str | None]:
+        if self.config.bundle is not None:
+            return Path(self.config.bundle), None
+        from edgemm.deploy.store import DeviceStore
+
+        active = DeviceStore(self.config.store).active()
+        if active is None:
+            raise EdgemmError("The device store has no active bundle.",
+                              hint="Install one: edgemm install ARCHIVE --store DIR --trusted-key KEY.")
+        return active.bundle, active.version
+
+    def prepare(self, source: Path, version: str | None) -> Loaded:
+        """Load, warm up and canary a bundle without touching the serving one.
+
+        Raises:
+            EdgemmError: Invalid bundle, device policy not met, or the canary failed.
+        """
+        policy = self.config.device_policy
+        predictor = Predictor.load(source, device=self.config.device, threads=self.config.threads,
+                                   allow_cpu_fallback=policy == "allow_cpu")
+        if policy == "require_gpu" and (predictor.device != "cuda" or predictor.degraded):
+            predictor.close()
+            raise BackendUnavailableError(
+                f"Device policy require_gpu: the model runs on {predictor.device}"
+                + (f" ({predictor.degraded})" if predictor.degraded else "") + ".",
+                hint="Install onnxruntime-gpu and its CUDA libraries, or serve with --device-policy allow_cpu.")
+        golden = load_golden(source, predictor.manifest)
+        for _ in range(2):  # warm-up: first runs allocate arenas and pick kernels
+            predictor.run(golden.feed)
+        report = check_golden(source, predictor.manifest, predictor.artifact.name,
+                              device=predictor.device, backend=predictor.backend)
+        return Loaded(predictor, source, version, report)
+
+    def load_initial(self) -> None:
+        """Load the configured bundle; on failure stay alive and not ready, with the reason."""
+        try:
+            source, version = self._source()
+            self.current = self.prepare(source, version)
+        except EdgemmError as exc:
+            self.not_ready_reason = f"{exc.message}" + (f" Hint: {exc.hint}" if exc.hint else "")
+            log.error("not ready: %s", self.not_ready_reason)
+            return
+        self.not_ready_reason = None
+        self._log_serving("serving")
+
+    def _log_serving(self, what: str) -> None:
+        cur = self.current
+        assert cur is not None
+        log.info("%s %s (artifact %s on %s%s)", what, cur.source, cur.predictor.artifact.name,
+                 cur.predictor.device, f", degraded: {cur.predictor.degraded}" if cur.predictor.degraded else "")
+
+    # -- hot swap ----------------------------------------------------------------------
+
+    def check_for_update(self) -> bool:
+        """Swap to the store's active bundle if it changed and passes its canary.
+
+        Returns:
+            Whether a new bundle now serves.
+        """
+        if self.config.store is None:
+            return False
+        try:
+            source, version = self._source()
+        except EdgemmError as exc:
+            log.warning("store: %s", exc.message)
+            return False
+        if (self.current is not None and source == self.current.source) or source in self._failed_sources:
+            return False
+        try:
+            loaded = self.prepare(source, version)
+        except EdgemmError as exc:
+            # Remembered so a bad bundle is not retried (and re-logged) every interval.
+            self._failed_sources.add(source)
+            self.metrics.count_reload("failed")
+            log.error("keeping the current bundle: %s failed to load: %s", source, exc.message)
+            return False
+        # One reference assignment: the batcher reads ``current`` once per batch, so a batch
+        # in flight finishes on the old predictor and the next one runs on the new.
+        self.current = loaded
+        self.not_ready_reason = None
+        self.metrics.count_reload("ok")
+        self._log_serving("swapped to")
+        return True
+
+    def start_watcher(self) -> None:
+        """Poll the store for a newly committed bundle (no-op when serving a directory)."""
+        if self.config.store is None or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.config.reload_interval_s):
+                try:
+                    self.check_for_update()
+                except Exception:  # a bug here must not kill the watcher and freeze updates
+                    log.exception("bundle watcher failed")
+
+        self._watcher = threading.Thread(target=loop, name="edgemm-bundle-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None and self.not_ready_reason is None
+
+    def info(self) -> dict[str, str]:
+        """Labels for the ``edgemm_model_info`` metric."""
+        cur = self.current
+        if cur is None:
+            return {}
+        return {"name": cur.predictor.manifest.name, "artifact": cur.predictor.artifact.name,
+                "device": cur.predictor.device, "version": cur.version or "",
+                "policy": self.config.device_policy}
