@@ -61,11 +61,43 @@ def _jetson() -> dict[str, Any] | None:
     release = Path("/etc/nv_tegra_release")
     if not release.is_file():
         return None
-    info: dict[str, Any] = {"l4t": release.read_text(errors="ignore").splitlines()[0].strip()}
+    from edgemm.runtime.trt_compat import jetpack_for_l4t, parse_l4t_release
+
+    text = release.read_text(errors="ignore")
+    l4t = parse_l4t_release(text)
+    info: dict[str, Any] = {"l4t": text.splitlines()[0].strip() if text else "", "l4t_version": l4t,
+                            "jetpack": jetpack_for_l4t(l4t)}
+    model = Path("/proc/device-tree/model")
+    if model.is_file():
+        info["module"] = model.read_text(errors="ignore").strip("\x00\n ")
     if shutil.which("nvpmodel"):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             info["nvpmodel"] = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10).stdout.strip()
+    info["jetson_clocks"] = _jetson_clocks()
     return info
+
+
+def _jetson_clocks() -> dict[str, Any]:
+    """Whether clocks are pinned (``sudo jetson_clocks``): GPU/EMC current vs max frequency.
+
+    Read from sysfs (no root needed); ``jetson_clocks --show`` needs root, so it is only a
+    fallback. Results measured with clocks floating (DVFS) are not comparable to pinned ones.
+    """
+    out: dict[str, Any] = {}
+    for name, pattern in (("gpu", "/sys/devices/platform/*gpu*/devfreq/*"), ("gpu", "/sys/class/devfreq/*gpu*"),
+                          ("emc", "/sys/kernel/debug/bpmp/debug/clk/emc")):
+        if name in out:
+            continue
+        for node in sorted(Path("/").glob(pattern.lstrip("/"))):
+            cur, top = node / "cur_freq", node / "max_freq"
+            if not cur.is_file():
+                cur, top = node / "rate", node / "max_rate"
+            with contextlib.suppress(OSError, ValueError):
+                out[name] = {"cur_hz": int(cur.read_text()), "max_hz": int(top.read_text())}
+                break
+    if out:
+        out["pinned"] = all(v["cur_hz"] >= v["max_hz"] for v in out.values() if isinstance(v, dict))
+    return out
 
 
 def _versions() -> dict[str, str]:

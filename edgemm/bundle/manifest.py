@@ -30,6 +30,11 @@ TASKS = (
     "embedding",
 )
 MODALITIES = ("text", "image", "audio")
+# A serialized TensorRT engine; its ``requirements`` are the compatibility record checked before
+# deserialization (see edgemm.runtime.trt_compat).
+ENGINE_KIND = "tensorrt"
+_ENGINE_RECORD_STRINGS = ("tensorrt", "compute_capability")
+_ENGINE_RECORD_OPTIONAL = ("cuda", "l4t", "jetpack", "platform", "gpu")
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,8 @@ class Manifest:
                 requirements=v.obj(a.get("requirements", {}), "requirements"),
                 validation=v.obj(a.get("validation", {}), "validation"),
             )
+            if art.kind == ENGINE_KIND:
+                _check_engine_record(v, art.requirements, f"artifacts[{i}].requirements")
             for p in [art.path, *art.files]:
                 if files and p not in listed:
                     raise BundleError(f"Artifact {art.name!r} names {p!r}, which is not listed.", hint=_REBUILD)
@@ -214,6 +221,21 @@ class Manifest:
 
 
 _REBUILD = "The bundle is damaged or was not written by edgemm; export it again."
+
+
+def _check_engine_record(v: _Validator, record: dict[str, Any], where: str) -> None:
+    """An engine artifact must carry a complete, well-typed compatibility record."""
+    for key in _ENGINE_RECORD_STRINGS:
+        v.str_(record.get(key), f"{where}.{key}")
+    for key in _ENGINE_RECORD_OPTIONAL:
+        if record.get(key) is not None:
+            v.str_(record[key], f"{where}.{key}")
+    built_with = v.obj(record.get("built_with"), f"{where}.built_with")
+    for key in ("version_compatible",):
+        if not isinstance(built_with.get(key, False), bool):
+            raise v._fail(f"{where}.built_with.{key}", "a boolean", built_with.get(key))
+    for key in ("plugins", "serialized_plugin_libraries"):
+        v.list_(built_with.get(key, []), f"{where}.built_with.{key}")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

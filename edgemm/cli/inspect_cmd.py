@@ -39,7 +39,35 @@ def summary(bundle: Path) -> dict[str, Any]:
         "source": m.source,
         "files": len(m.files),
         "bytes": sum(sizes.values()),
+        "engines": engines_summary(m),
+        "tensorrt": m.validation.get("tensorrt"),
     }
+
+
+def engines_summary(m: Any) -> list[dict[str, Any]]:
+    """Each TensorRT engine's compatibility record and the decision for this machine."""
+    from edgemm.bundle.manifest import ENGINE_KIND
+
+    engines = [a for a in m.artifacts if a.kind == ENGINE_KIND]
+    if not engines:
+        return []
+    from edgemm.runtime.trt_compat import check_engine, probe_host
+
+    host = probe_host()
+    out = []
+    for a in engines:
+        req = a.requirements
+        built = req.get("built_with", {})
+        out.append({
+            "name": a.name, "precision": a.precision, "path": a.path,
+            "record": {k: req.get(k) for k in ("tensorrt", "compute_capability", "cuda", "l4t", "jetpack", "platform", "gpu")},
+            "built_with": {k: built.get(k) for k in ("source_artifact", "regime", "builder_flags", "network_flags",
+                                                     "layernorm_fp32", "workspace_mb", "dla_core", "hardware_compatibility",
+                                                     "version_compatible", "cache_key")}
+            | {"profiles": [p.get("name") for p in built.get("profiles", [])]},
+            "compat": check_engine(req, host).to_dict(),
+        })
+    return out
 
 
 @click.command("inspect")
@@ -90,5 +118,16 @@ def inspect(bundle: Path, as_json: bool) -> None:
              f"{gate['eval']['split']} records of {gate['eval']['data']} (fp32 {gate['fp32'][gate['metric']]:.4f})")
         for variant in gate["variants"]:
             echo(f"  {variant['variant']:<10} {variant['outcome']}")
+    if info["engines"] or info["tensorrt"]:
+        echo("tensorrt")
+    for e in info["engines"]:
+        r, b, c = e["record"], e["built_with"], e["compat"]
+        where = f"L4T R{r['l4t']} / JetPack {r['jetpack']}" if r.get("l4t") else (r.get("platform") or "")
+        echo(f"  {e['name']:<10} {e['precision']:<5} TensorRT {r['tensorrt']}, sm {r['compute_capability']}, "
+             f"CUDA {r.get('cuda')}, {where}; {b['regime']} from {b['source_artifact']}, "
+             f"profiles {', '.join(p for p in b['profiles'] if p)}")
+        echo(f"             here: {c['status']}" + (f" ({'; '.join(c['reasons'])})" if c["reasons"] else ""))
+    if info["tensorrt"] and info["tensorrt"].get("skipped"):
+        echo(f"  engines not built at export: {info['tensorrt']['skipped']}")
     cb = info["created_by"]
     echo("created by  " + ", ".join(f"{k} {v}" for k, v in cb.items() if k not in ("created_at",)))

@@ -7,32 +7,52 @@ from pathlib import Path
 import click
 
 from edgemm.cli import emit_json, json_option
-from edgemm.errors import GoldenSetError
+from edgemm.errors import EngineMismatchError, GoldenSetError
 
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Device to re-run the golden set on.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="Device to re-run the golden set on (tensorrt: the bundle's engines).")
 @click.option("--artifact", "artifacts", multiple=True, help="Only these artifacts (default: all for the device).")
 @json_option
 def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool) -> None:
     """Verify BUNDLE: every file's hash, then each artifact's golden set on this machine.
 
-    Exit code 4 when an artifact no longer reproduces its golden outputs.
+    TensorRT engines are checked against this machine before anything deserializes them: an
+    engine outside the default policy (version-compatible, plugins) always fails; a stale or
+    mismatched engine fails where TensorRT and a GPU are present (or with --device tensorrt).
+
+    Exit code 4 when an artifact no longer reproduces its golden outputs or an engine mismatches.
     """
     from edgemm.bundle.verify import verify_bundle
+    from edgemm.cli.inspect_cmd import engines_summary
     from edgemm.runtime.golden import golden_report
     from edgemm.runtime.predictor import _PROVIDER
 
     manifest = verify_bundle(bundle)
-    names = list(artifacts) or [a.name for a in manifest.artifacts if _PROVIDER[device] in a.providers and a.kind == "onnx"]
-    reports = [golden_report(bundle, manifest, name, device=device) for name in names]
-    passed = all(r["passed"] for r in reports)
-    if as_json:
-        emit_json({"ok": passed, "bundle": str(bundle), "files": len(manifest.files), "hashes": "ok", "artifacts": reports})
+    engines = engines_summary(manifest)
+    # stale / mismatch only arise where TensorRT and a GPU exist; "unavailable" fails only when
+    # engines were asked for.
+    refused = [e for e in engines if e["compat"]["status"] in ("refused", "stale", "mismatch")
+               or (device == "tensorrt" and e["compat"]["status"] != "ok")]
+    if device == "tensorrt":
+        names = list(artifacts) or [e["name"] for e in engines if e["compat"]["status"] == "ok"]
     else:
+        names = list(artifacts) or [a.name for a in manifest.artifacts
+                                    if _PROVIDER[device] in a.providers and a.kind == "onnx"]
+    reports = [golden_report(bundle, manifest, name, device=device) for name in names
+               if name not in {e["name"] for e in refused}]
+    passed = all(r["passed"] for r in reports) and not refused
+    if as_json and not refused:  # a refusal prints its one JSON document through the error handler
+        emit_json({"ok": passed, "bundle": str(bundle), "files": len(manifest.files), "hashes": "ok", "artifacts": reports,
+                   "engines": [{"name": e["name"], **e["compat"]} for e in engines]})
+    elif not as_json:
         click.echo(f"files     {len(manifest.files)} listed, all hashes match")
+        for e in engines:
+            c = e["compat"]
+            state = {"ok": "compatible", "unavailable": "not checked here"}.get(c["status"], c["status"].upper())
+            click.echo(f"engine    {e['name']:<8} {state}" + (f": {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for r in reports:
             worst = max((o["max_abs"] for o in r["outputs"]), default=0.0)
             drift = max((o["max_abs"] for o in r["reference_drift"]), default=0.0)
@@ -40,6 +60,11 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
                 f"preprocessing differs: {r['preprocessing']['mismatched_inputs']}"
             click.echo(f"golden    {r['artifact']:<8} on {r['device']}: {'ok' if r['passed'] else 'FAILED'}  "
                        f"max abs {worst:.2e} (vs PyTorch {drift:.2e})  {pre}")
+    if refused:
+        lines = [f"{e['name']}: {e['compat']['status']} ({'; '.join(e['compat']['reasons'])})" for e in refused]
+        raise EngineMismatchError("TensorRT engine(s) cannot run here: " + "; ".join(lines) + ".",
+                                  hint=f"Rebuild on the target device: edgemm build-engine {bundle} --rebuild",
+                                  details={"engines": lines, "artifacts": reports})
     if not passed:
         failed = [r["artifact"] for r in reports if not r["passed"]]
         raise GoldenSetError(f"Golden set failed for {', '.join(failed)}.",

@@ -277,6 +277,10 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         validation=validation,
         golden=GOLDEN_FILE,
     )
+    engine_skip = _engine_skip_reason(recipe)
+    if engine_skip is not None:
+        manifest.validation["tensorrt"] = {"skipped": engine_skip}
+        log.info("TensorRT engines not built: %s", engine_skip)
     write_manifest(staging, manifest)
 
     # Self-check: the bundle verifies and every artifact reproduces the golden set via the runtime.
@@ -285,7 +289,52 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     for art in artifacts:
         check_golden(staging, verified, art.name)
     timings["verify"] = time.perf_counter() - t
+    if recipe.tensorrt.get("build") and engine_skip is None:
+        t = time.perf_counter()
+        verified = _build_engines(staging, verified, recipe)
+        timings["tensorrt"] = time.perf_counter() - t
     return verified, parity
+
+
+def _engine_skip_reason(recipe: Recipe) -> str | None:
+    """Why this export does not build the recipe's TensorRT engines (None: it does). Never a fake engine."""
+    if not recipe.tensorrt.get("build"):
+        return None
+    from edgemm.runtime.trt_compat import probe_host
+
+    host = probe_host()
+    later = f"build them on the device: edgemm build-engine BUNDLE --target {recipe.name}"
+    if host.tensorrt is None or host.compute_capability is None:
+        return f"{'; '.join(host.problems) or 'TensorRT or a CUDA GPU is missing'} on the export machine; {later}"
+    device = recipe.tensorrt.get("device", "any")
+    if device == "jetson" and not host.is_jetson:
+        return f"engines are device-specific and this recipe targets a Jetson, but this machine is not one; {later}"
+    if device == "desktop" and host.is_jetson:
+        return f"this recipe targets desktop GPUs, but this machine is a Jetson; {later}"
+    return None
+
+
+def _build_engines(staging: Path, manifest: Manifest, recipe: Recipe) -> Manifest:
+    """Build the recipe's engines into the staging bundle; a failure is recorded, not fatal to the export."""
+    from edgemm.errors import EdgemmError
+    from edgemm.tensorrt.build import import_tensorrt
+    from edgemm.tensorrt.bundle_engines import ENGINE_DIR, add_engines, requests_from_recipe
+
+    try:
+        requests = requests_from_recipe(recipe.tensorrt, manifest, str(import_tensorrt().__version__),
+                                        workspace_mb=recipe.limits.get("workspace_mb"))
+        reports = add_engines(staging, requests, in_place=True)
+        manifest = verify_bundle(staging)
+        manifest.validation["tensorrt"] = {"built": reports}
+    except EdgemmError as exc:
+        log.warning("TensorRT engines failed, the bundle ships without them: %s", exc.message)
+        manifest = verify_bundle(staging, check_hashes=False)
+        manifest.artifacts = [a for a in manifest.artifacts if a.kind != "tensorrt"]
+        shutil.rmtree(staging / ENGINE_DIR, ignore_errors=True)
+        manifest.validation["tensorrt"] = {"failed": exc.message, "hint": exc.hint}
+    manifest.files = []
+    write_manifest(staging, manifest)
+    return verify_bundle(staging)
 
 
 def _raise_on_mismatch(what: str, failures: list[OutputComparison], parity: dict[str, Any],

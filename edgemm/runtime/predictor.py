@@ -1,4 +1,10 @@
-"""Predictor: verified bundle → preprocessing → best runnable artifact → predictions. Torch-free."""
+"""Predictor: verified bundle → preprocessing → best runnable artifact → predictions. Torch-free.
+
+Fallback chain for ``device="auto"``: a TensorRT engine of the bundle (when TensorRT, a GPU and
+the engine's compatibility record all fit this machine) → ONNX Runtime CUDA → ONNX Runtime CPU.
+Every skipped step is logged and kept in :attr:`Predictor.skipped` with its reason. Loading never
+builds an engine: a stale or mismatched engine is reported with the command that rebuilds it.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +19,78 @@ from edgemm.bundle.manifest import Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle, verify_hashes
 from edgemm.errors import (
     BackendUnavailableError,
+    EdgemmError,
     InvalidInputError,
+    MissingDependencyError,
     MissingModalityError,
+    RuntimeFailure,
     UsageError,
 )
-from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices
+from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices, tensorrt_ep_options
 from edgemm.runtime.postprocess import Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
+from edgemm.runtime.trt_compat import (
+    ENGINE_KIND,
+    CompatPolicy,
+    HostInfo,
+    bundle_cache_dir,
+    check_engine,
+    rebuild_hint,
+)
 
 log = logging.getLogger("edgemm.runtime")
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-ep")
 # Preference per device, best first. INT8 on a GPU provider is slower than FP32 (no QLinear CUDA
 # kernels), so CUDA prefers FP16; CPUs prefer INT8 where the bundle ships one that passed its gate.
-_PRECISION_ORDER = {"cuda": ("fp16", "fp32", "mixed"), "cpu": ("int8", "mixed", "fp32")}
-_PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# TensorRT (engines or the ORT TensorRT EP) runs Q/DQ INT8 on tensor cores: INT8 first.
+_PRECISION_ORDER = {"cuda": ("fp16", "fp32", "mixed"), "cpu": ("int8", "mixed", "fp32"),
+                    "tensorrt-ep": ("int8", "fp16", "fp32"), "tensorrt": ("int8", "fp16", "fp32")}
+_PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider", "tensorrt-ep": "TensorrtExecutionProvider"}
+
+
+def _ep_can_run(art: Artifact, device: str) -> bool:
+    if device != "tensorrt-ep":
+        return _PROVIDER[device] in art.providers
+    # The plain fp32 graph parses in TensorRT too; ORT-fused graphs carry contrib ops it cannot take.
+    return _PROVIDER[device] in art.providers or (art.precision == "fp32" and not art.requirements.get("graph_optimized"))
+
+
+def choose_engine(manifest: Manifest, host: HostInfo, policy: CompatPolicy | None = None,
+                  requested: str | None = None) -> tuple[list[Artifact], list[str]]:
+    """TensorRT engine artifacts that may be deserialized here, best first, and why the others may not.
+
+    Decided from the manifest's compatibility records only: nothing is read or deserialized.
+    """
+    engines = [a for a in manifest.artifacts if a.kind == ENGINE_KIND and (requested is None or a.name == requested)]
+    if requested is not None and not engines:
+        manifest.artifact(requested)  # raises with the valid names when unknown
+        raise BackendUnavailableError(f"Artifact {requested!r} is not a TensorRT engine.",
+                                      hint="Use --device cuda or cpu for ONNX artifacts.")
+    if not engines:
+        return [], ["tensorrt: the bundle has no TensorRT engine (build one on the device: edgemm build-engine BUNDLE)"]
+    order = _PRECISION_ORDER["tensorrt"]
+    usable, skipped = [], []
+    for art in engines:
+        decision = check_engine(art.requirements, host, policy)
+        if not decision.ok:
+            source = art.requirements.get("built_with", {}).get("source_artifact", art.name)
+            fix = f" — {rebuild_hint('BUNDLE', source)}" if decision.rebuildable else ""
+            skipped.append(f"{art.name}: TensorRT engine {decision.summary()}{fix}")
+        elif art.validation.get("gate", {}).get("passed", True) is False:
+            skipped.append(f"{art.name}: failed its accuracy gate")
+        else:
+            usable.append(art)
+    usable.sort(key=lambda a: order.index(a.precision) if a.precision in order else len(order))
+    return usable, skipped
 
 
 def choose_artifact(manifest: Manifest, device: str, requested: str | None = None) -> tuple[Artifact, list[str]]:
     """Pick the artifact to run on ``device``; returns it and why the others were skipped."""
     if requested is not None:
         art = manifest.artifact(requested)
-        if _PROVIDER[device] not in art.providers:
+        if art.kind != "onnx" or not _ep_can_run(art, device):
             raise BackendUnavailableError(
                 f"Artifact {requested!r} cannot run on {device} (providers: {', '.join(art.providers)}).",
                 hint="Choose another --artifact or --device.",
@@ -44,9 +100,11 @@ def choose_artifact(manifest: Manifest, device: str, requested: str | None = Non
     ranked: list[tuple[tuple[int, int, int], Artifact]] = []
     order = _PRECISION_ORDER[device]
     for art in manifest.artifacts:
-        if art.kind != "onnx":
+        if art.kind == ENGINE_KIND:
+            skipped.append(f"{art.name}: TensorRT engine, not an ONNX graph for {device}")
+        elif art.kind != "onnx":
             skipped.append(f"{art.name}: kind {art.kind} has no backend in this runtime")
-        elif _PROVIDER[device] not in art.providers:
+        elif not _ep_can_run(art, device):
             skipped.append(f"{art.name}: not built for {device}")
         elif art.validation.get("gate", {}).get("passed", True) is False:
             skipped.append(f"{art.name}: failed its accuracy gate")
@@ -74,7 +132,7 @@ class Predictor:
     Use :meth:`load`; then :meth:`predict` with raw inputs or :meth:`run` with a feed dict.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, backend: OrtBackend, artifact: Artifact,
+    def __init__(self, bundle: Path, manifest: Manifest, backend: Backend, artifact: Artifact,
                  skipped: list[str]):
         self.bundle = bundle
         self.manifest = manifest
@@ -95,17 +153,24 @@ class Predictor:
         threads: int | None = None,
         optimization: str = "all",
         allow_cpu_fallback: bool | None = None,
+        engine_policy: CompatPolicy | None = None,
+        host: HostInfo | None = None,
     ) -> Predictor:
         """Verify ``bundle`` and prepare the best artifact this machine can run.
 
         Args:
             bundle: Bundle directory.
-            device: ``"auto"`` (CUDA when ONNX Runtime has it, else CPU), ``"cpu"`` or ``"cuda"``.
+            device: ``"auto"`` (TensorRT engine → ORT CUDA → ORT CPU, each skip logged),
+                ``"cpu"``, ``"cuda"``, ``"tensorrt"`` (a native engine of the bundle, or an error)
+                or ``"tensorrt-ep"`` (an ONNX artifact through ONNX Runtime's TensorRT EP, with
+                engine and timing caches in this machine's cache directory).
             artifact: Force an artifact by name (default: the best for the device).
             threads: CPU intra-op threads (default: cores, at most 4).
             optimization: ONNX Runtime graph optimization level.
             allow_cpu_fallback: Accept a CUDA session that ONNX Runtime placed on the CPU, reported
-                in :attr:`degraded`. Default: True for ``"auto"``, False for ``"cuda"``.
+                in :attr:`degraded`. Default: True for ``"auto"``, False otherwise.
+            engine_policy: Accept version-compatible engines / plugins (refused by default).
+            host: This machine's TensorRT/CUDA facts (probed when an engine is considered).
 
         Raises:
             BundleError: The bundle fails verification.
@@ -118,23 +183,60 @@ class Predictor:
         # predictor will read, before they are read. Hashing every artifact of a multi-precision
         # bundle at each start would cost a kiosk seconds for files it never opens.
         manifest = verify_bundle(root, check_hashes=False)
+        skipped: list[str] = []
+        if device in ("auto", "tensorrt"):
+            loaded = _load_engine(root, manifest, device, artifact, engine_policy, host, skipped)
+            if loaded is not None:
+                return loaded
+            if artifact is not None and manifest.artifact(artifact).kind == ENGINE_KIND:
+                raise BackendUnavailableError(f"Engine {artifact!r} cannot run here: " + "; ".join(skipped),
+                                              hint="Choose an ONNX --artifact, or rebuild the engine on this device.")
         if device == "auto":
             usable = available_devices()
-            device = usable[0] if usable else "cpu"
-            if device == "cpu":
-                log.info("device auto: using the CPU (ONNX Runtime here has no CUDA provider)")
-        elif device == "cuda" and "cuda" not in available_devices():
+            chain = [d for d in ("cuda", "cpu") if d in usable] or ["cpu"]
+            if "cuda" not in usable:
+                skipped.append("cuda: ONNX Runtime here has no CUDA provider")
+        else:
+            chain = [device]
+        last: EdgemmError | None = None
+        for step in chain:
+            fallback = allow_cpu_fallback if allow_cpu_fallback is not None else device == "auto"
+            try:
+                predictor = cls._load_onnx(root, manifest, step, artifact, threads, optimization, fallback, skipped)
+            except BackendUnavailableError as exc:
+                if device != "auto" or step == chain[-1]:
+                    raise
+                skipped.append(f"{step}: {exc.message}")
+                last = exc
+                continue
+            return predictor
+        raise last or BackendUnavailableError("No artifact can run here.")  # pragma: no cover - chain ends on cpu
+
+    @classmethod
+    def _load_onnx(cls, root: Path, manifest: Manifest, device: str, artifact: str | None, threads: int | None,
+                   optimization: str, fallback: bool, skipped: list[str]) -> Predictor:
+        if device == "cuda" and "cuda" not in available_devices():
             raise BackendUnavailableError(
                 "--device cuda was requested but ONNX Runtime here has no CUDA provider.",
                 hint="Install onnxruntime-gpu instead of onnxruntime (see README), or use --device cpu.",
             )
-        fallback = allow_cpu_fallback if allow_cpu_fallback is not None else device != "cuda"
-        chosen, skipped = choose_artifact(manifest, device, artifact)
+        chosen, why = choose_artifact(manifest, device, None if artifact and manifest.artifact(artifact).kind == ENGINE_KIND
+                                      else artifact)
+        skipped += why
         verify_hashes(root, manifest, [*chosen.files, *manifest.asset_paths()])
         for reason in skipped:
-            log.info("skipped artifact %s", reason)
-        backend = OrtBackend(root / chosen.path, manifest.inputs, manifest.outputs, device=device,
-                             threads=threads, optimization=optimization, allow_cpu_fallback=fallback)
+            log.info("skipped %s", reason)
+        options = None
+        ort_device = device
+        if device == "tensorrt-ep":
+            ort_device = "tensorrt"
+            cache = bundle_cache_dir(root)
+            method = (chosen.quantization or {}).get("method", "")
+            options = tensorrt_ep_options(manifest.inputs, cache, fp16=chosen.precision == "fp16",
+                                          int8=method == "int8-static-qdq")
+        backend = OrtBackend(root / chosen.path, manifest.inputs, manifest.outputs, device=ort_device,
+                             threads=threads, optimization=optimization, allow_cpu_fallback=fallback,
+                             provider_options=options)
         backend.activate()
         log.info("artifact %s on %s", chosen.name, backend.device)
         return cls(root, manifest, backend, chosen, skipped)
@@ -149,7 +251,7 @@ class Predictor:
     @property
     def degraded(self) -> str | None:
         """Why this predictor runs below what was asked for (e.g. CUDA fell back to CPU)."""
-        return self.backend.degraded
+        return getattr(self.backend, "degraded", None)
 
     @property
     def labels(self) -> list[str]:
@@ -222,3 +324,44 @@ def _is_audio_pair(value: Any) -> bool:
     """``(samples, rate)`` is one audio item, not a batch of two."""
     return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray)
             and isinstance(value[1], (int, np.integer)))
+
+
+def _load_engine(root: Path, manifest: Manifest, device: str, artifact: str | None, policy: CompatPolicy | None,
+                 host: HostInfo | None, skipped: list[str]) -> Predictor | None:
+    """First step of the chain: a native TensorRT engine, or None with the reasons in ``skipped``."""
+    requested = artifact if artifact is not None and manifest.artifact(artifact).kind == ENGINE_KIND else None
+    if artifact is not None and requested is None:
+        return None  # an ONNX artifact was asked for by name
+    has_engines = any(a.kind == ENGINE_KIND for a in manifest.artifacts)
+    if not has_engines:
+        if device == "tensorrt":
+            raise BackendUnavailableError("The bundle has no TensorRT engine.",
+                                          hint="Build one on this device: edgemm build-engine BUNDLE; or use --device tensorrt-ep.")
+        return None
+    if host is None:
+        from edgemm.runtime.trt_compat import probe_host
+
+        host = probe_host()
+    candidates, why = choose_engine(manifest, host, policy, requested)
+    skipped += why
+    from edgemm.runtime.backends.tensorrt import TensorRTBackend
+
+    for art in candidates:
+        try:
+            backend = TensorRTBackend.from_bundle(root, manifest, art, host=host, policy=policy)
+            verify_hashes(root, manifest, manifest.asset_paths())
+            backend.activate()
+        except (BackendUnavailableError, MissingDependencyError, RuntimeFailure) as exc:
+            skipped.append(f"{art.name}: TensorRT could not load the engine: {exc.message}")
+            continue
+        for reason in skipped:
+            log.info("skipped %s", reason)
+        log.info("artifact %s on TensorRT", art.name)
+        return Predictor(root, manifest, backend, art, list(skipped))
+    if device == "tensorrt":
+        raise BackendUnavailableError("No TensorRT engine of this bundle can run here: " + "; ".join(skipped),
+                                      hint="Rebuild on this device: edgemm build-engine BUNDLE --rebuild; "
+                                           "or use --device cuda / cpu.")
+    for reason in skipped:
+        log.info("skipped %s", reason)
+    return None

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend for the CPU and CUDA execution providers."""
+"""ONNX Runtime backend for the CPU, CUDA and TensorRT execution providers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edgemm.runtime.backends.base import Backend
 
 log = logging.getLogger("edgemm.runtime")
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -29,6 +29,64 @@ def available_devices() -> list[str]:
     """Devices ONNX Runtime can use here, best first (e.g. ``["cuda", "cpu"]``)."""
     providers = set(_ort().get_available_providers())
     return [d for d in ("cuda", "cpu") if PROVIDERS[d] in providers]
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def tensorrt_ep_options(inputs: list[TensorSpec], cache_dir: str | os.PathLike[str], *, fp16: bool = False,
+                        int8: bool = False, workspace_mb: int | None = None, device_id: int = 0,
+                        profiles: list[dict[str, list[int]]] | None = None, ep_context: str | None = None,
+                        cuda_graph: bool = False) -> dict[str, str]:
+    """Provider options for ONNX Runtime's TensorRT execution provider.
+
+    Engines and the timing cache go under ``cache_dir`` (outside the bundle, which stays
+    read-only and fully hashed), profiles are explicit (from the manifest's min / opt / max, so
+    the EP never rebuilds when a new shape arrives), and LayerNorm falls back to FP32.
+
+    Args:
+        inputs: The manifest's inputs (their ``profile`` gives min / opt / max per dynamic axis).
+        cache_dir: This bundle's cache directory on this machine.
+        fp16 / int8: ``trt_fp16_enable`` / ``trt_int8_enable`` (int8 for Q/DQ graphs: the scales
+            are in the graph, no calibration table).
+        workspace_mb: ``trt_max_workspace_size``.
+        profiles: Several profiles as ``{axis: [min, opt, max]}`` tables (default: the manifest's).
+        ep_context: Where to dump an EPContext model (``trt_dump_ep_context_model``) so later
+            sessions load the engine without building.
+        cuda_graph: ``trt_cuda_graph_enable`` (only for static-shape graphs).
+
+    Returns:
+        String-valued options for ``InferenceSession(providers=[("TensorrtExecutionProvider", opts), ...])``.
+    """
+    tables = profiles or [{}]
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for table in tables:
+        for spec in inputs:
+            for k, which in enumerate(("min", "opt", "max")):
+                dims = tuple(d if isinstance(d, int) else int(table.get(d, spec.profile[d])[k]) for d in spec.shape)
+                shapes[which].append(f"{spec.name}:{_dims(dims)}")
+    cache = Path(cache_dir)
+    options = {
+        "device_id": str(device_id),
+        "trt_fp16_enable": str(bool(fp16)),
+        "trt_int8_enable": str(bool(int8)),
+        "trt_layer_norm_fp32_fallback": "True",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache / "ort-trt-engines"),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache / "ort-trt-timing"),
+        "trt_profile_min_shapes": ",".join(shapes["min"]),
+        "trt_profile_opt_shapes": ",".join(shapes["opt"]),
+        "trt_profile_max_shapes": ",".join(shapes["max"]),
+        "trt_cuda_graph_enable": str(bool(cuda_graph)),
+    }
+    if workspace_mb is not None:
+        options["trt_max_workspace_size"] = str(int(workspace_mb) * 2**20)
+    if ep_context is not None:
+        options["trt_dump_ep_context_model"] = "True"
+        options["trt_ep_context_file_path"] = str(ep_context)
+    return options
 
 
 def default_threads() -> int:
@@ -71,6 +129,7 @@ class OrtBackend(Backend):
         threads: int | None = None,
         optimization: str = "all",
         allow_cpu_fallback: bool = False,
+        provider_options: dict[str, str] | None = None,
     ):
         super().__init__(input_specs, output_specs)
         if device not in PROVIDERS:
@@ -88,6 +147,7 @@ class OrtBackend(Backend):
         self.threads = threads or default_threads()
         self.optimization = optimization
         self.allow_cpu_fallback = allow_cpu_fallback
+        self.provider_options = dict(provider_options or {})
         self.degraded: str | None = None
         self._session: Any = None
         self._output_names = [spec.name for spec in output_specs]
@@ -115,7 +175,7 @@ class OrtBackend(Backend):
             hint = (
                 "Install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime; "
                 "pip install 'edgemm[gpu]'), or use --device cpu."
-                if self.requested_device == "cuda"
+                if self.requested_device in ("cuda", "tensorrt")
                 else "Reinstall onnxruntime."
             )
             raise BackendUnavailableError(
@@ -124,6 +184,11 @@ class OrtBackend(Backend):
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.requested_device == "cuda":
             providers = [(wanted, {"device_id": self.device_id}), "CPUExecutionProvider"]
+        elif self.requested_device == "tensorrt":
+            # Subgraphs TensorRT cannot take run on CUDA, then the CPU (ORT partitions the graph).
+            options = {"device_id": str(self.device_id), **self.provider_options}
+            providers = [(wanted, options), ("CUDAExecutionProvider", {"device_id": self.device_id}),
+                         "CPUExecutionProvider"]
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path), sess_options=self._session_options(), providers=providers
@@ -152,7 +217,8 @@ class OrtBackend(Backend):
     def _device_impl(self) -> str:
         if self._session is None:
             return self.requested_device
-        return "cuda" if self._session.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
+        first = self._session.get_providers()[0]
+        return {PROVIDERS["cuda"]: "cuda", PROVIDERS["tensorrt"]: "tensorrt"}.get(first, "cpu")
 
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, feed)
