@@ -10,10 +10,10 @@ from pathlib import Path
 from tests.conftest import REPO
 
 EDGE_PACKAGES = ("edgemm/bundle", "edgemm/runtime", "edgemm/bench", "edgemm/data", "edgemm/serve",
-                 "edgemm/deploy")
+                 "edgemm/deploy", "edgemm/triton")
 EDGE_MODULES = ("edgemm/errors.py", "edgemm/cli/__init__.py", "edgemm/cli/predict_cmd.py",
                 "edgemm/cli/inspect_cmd.py", "edgemm/cli/verify_cmd.py", "edgemm/cli/bench_cmd.py",
-                "edgemm/cli/serve_cmd.py", "edgemm/cli/deploy_cmd.py")
+                "edgemm/cli/serve_cmd.py", "edgemm/cli/deploy_cmd.py", "edgemm/cli/triton_cmd.py")
 # The designated build-side corners of edge packages: the peers (PyTorch / Optimum) of bench, and
 # the digit-match generator (scikit-learn's scans), which only the workstation runs.
 BUILD_SIDE_EXCEPTIONS = ("edgemm/bench/peers.py",)

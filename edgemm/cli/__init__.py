@@ -26,6 +26,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("edgemm.cli.inspect_cmd", "inspect", "Show a bundle's manifest: inputs, artifacts, validation."),
     "verify": ("edgemm.cli.verify_cmd", "verify", "Check a bundle's hashes and re-run its golden set here."),
     "bench": ("edgemm.cli.bench_cmd", "bench", "Benchmark a bundle beside PyTorch, torch.compile and Optimum."),
+    "serve": ("edgemm.cli.serve_cmd", "serve", "Serve a bundle as a local API and kiosk page (torch-free)."),
+    "keygen": ("edgemm.cli.deploy_cmd", "keygen", "Create an Ed25519 key pair for signing archives."),
+    "pack": ("edgemm.cli.deploy_cmd", "pack", "Pack a bundle into one signed .edgemm archive."),
+    "install": ("edgemm.cli.deploy_cmd", "install", "Install a signed archive on a device, atomically."),
+    "build-engine": ("edgemm.cli.build_engine_cmd", "build_engine", "Build TensorRT engines for a bundle on this device."),
+    "triton": ("edgemm.cli.triton_cmd", "triton", "Write a Triton Inference Server model repository for a bundle."),
 }
 
 

@@ -76,11 +76,20 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     )
     log.info("exporting %s with recipe %s", source or spec_ref, recipe.name)
     report = export_bundle(source, output, spec_ref=spec_ref, options=options)
+    triton_repo = None
+    if recipe.triton is not None:  # --target triton: the bundle plus a model repository beside it
+        from edgemm.triton import write_repository
+        from edgemm.triton.recipe import options_from_recipe
+
+        triton_repo = write_repository(report.bundle, Path(str(output) + ".triton"),
+                                       options_from_recipe(recipe.triton, recipe=recipe.name, force=force))
     if as_json:
-        emit_json({"ok": True, **report.to_dict()})
+        emit_json({"ok": True, **report.to_dict(), "triton": triton_repo.to_dict() if triton_repo else None})
         return
     parity = report.parity
     click.echo(f"bundle   {report.bundle}")
+    if triton_repo is not None:
+        click.echo(f"triton   {triton_repo.repository}  (ensemble {triton_repo.ensemble})")
     click.echo(f"model    {report.manifest.name} ({report.manifest.task})")
     verdict = "passed" if parity["passed"] else "FAILED (accepted with --allow-mismatch)"
     click.echo(f"parity   {verdict} at {len(parity['cases'])} shapes: max abs {parity['max_abs']:.2e}, "

@@ -32,6 +32,13 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "calibration": {"method": str, "samples": int},
     "runtime": {"device": str},
     "limits": {"max_batch": int, "max_seq": int, "workspace_mb": int, "memory_mb": int},
+    "tensorrt": {"build": bool, "device": str, "precisions": list, "artifacts": list, "profiles": list, "dla_core": int,
+                 "gpu_fallback": bool, "layernorm_fp32": bool, "hardware_compatibility": str,
+                 "builder_optimization_level": int, "waive_fp16_overflow": bool},
+    # Checked key by key in edgemm.triton.recipe (same names as `edgemm triton` options).
+    "triton": {"name": str, "artifacts": list, "version": int, "device": str, "instances": int,
+               "max_batch_size": int, "preferred_batch_sizes": list, "queue_delay_us": int,
+               "ort_ep": str, "threads": int, "text_padding": str, "warmup": bool},
     "variants": {"name": str, "precision": str, "base": str, "per_channel": bool, "reduce_range": bool,
                  "calibration": str, "fallback": list, "modalities": dict, "providers": list},
 }
@@ -72,6 +79,8 @@ class Recipe:
     calibration_method: str = "minmax"
     calibration_samples: int = 128
     limits: dict[str, int] = field(default_factory=dict)
+    tensorrt: dict[str, Any] = field(default_factory=dict)
+    triton: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,8 +139,23 @@ def load_recipe(target: str) -> Recipe:
         calibration_method=calibration.get("method", "minmax"),
         calibration_samples=int(calibration.get("samples", 128)),
         limits=dict(section("limits")),
+        tensorrt=_tensorrt_section(section("tensorrt"), path),
+        triton=dict(section("triton")) if "triton" in data else None,
         raw=data,
     )
+
+
+def _tensorrt_section(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[tensorrt]``: which engines export builds when TensorRT is present (checked here, built later)."""
+    if table.get("device", "any") not in ("any", "jetson", "desktop"):
+        raise RecipeError(f"{path.name}: [tensorrt] device must be any, jetson or desktop.")
+    for i, profile in enumerate(table.get("profiles", [])):
+        if not isinstance(profile, dict):
+            raise RecipeError(f"{path.name}: [tensorrt] profiles[{i}] must be a table like "
+                              "{ name = \"b1\", batch = [1, 1, 1] }.")
+    if not all(isinstance(a, str) for a in table.get("artifacts", [])):
+        raise RecipeError(f"{path.name}: [tensorrt] artifacts must be artifact names.")
+    return dict(table)
 
 
 def _variant(table: dict[str, Any], path: Path) -> VariantSpec:
