@@ -51,6 +51,8 @@ def render_systemd_unit(store: Path, port: int, policy: str, memory_max: str) ->
 @click.option("--max-pixels", type=int, default=24_000_000, show_default=True)
 @click.option("--max-audio-seconds", type=float, default=30.0, show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--reload-interval", "reload_interval_s", type=float, default=2.0, show_default=True,
+              help="Seconds between checks of the store for a newly installed bundle (also on SIGHUP).")
 @click.option("--port-file", type=click.Path(path_type=Path), help="Write the bound port here.")
 @click.option("--systemd-unit", is_flag=True, help="Print a systemd unit for this store and exit.")
 @click.option("--memory-max", default="2G", show_default=True, help="MemoryMax for --systemd-unit.")
@@ -58,7 +60,7 @@ def serve(bundle: Path | None, store: Path | None, host: str, port: int, expose:
           allow_hosts: tuple[str, ...], allow_origins: tuple[str, ...], device: str, device_policy: str,
           max_batch: int, max_delay_ms: float, max_queue: int, deadline_s: float, max_body_mb: float,
           max_text_chars: int, max_pixels: int, max_audio_seconds: float, threads: int | None,
-          port_file: Path | None, systemd_unit: bool, memory_max: str) -> None:
+          reload_interval_s: float, port_file: Path | None, systemd_unit: bool, memory_max: str) -> None:
     """Serve BUNDLE (or a device store's active bundle) as a local API and kiosk page.
 
     Binds to loopback; the API is POST /v1/predict, GET /v1/health/live, /v1/health/ready,
@@ -76,7 +78,7 @@ def serve(bundle: Path | None, store: Path | None, host: str, port: int, expose:
         allowed_origins=allow_origins, device=device, device_policy=device_policy,
         max_body_bytes=int(max_body_mb * 2**20), max_text_chars=max_text_chars, max_pixels=max_pixels,
         max_audio_seconds=max_audio_seconds, max_batch=max_batch, max_delay_ms=max_delay_ms,
-        max_queue=max_queue, deadline_s=deadline_s, threads=threads)
+        max_queue=max_queue, deadline_s=deadline_s, threads=threads, reload_interval_s=reload_interval_s)
     from edgemm.serve.server import serve as run_server
 
     run_server(config, port_file=port_file)

@@ -137,8 +137,21 @@ def _from_json(body: bytes) -> RawInputs:
     return raw
 
 
+class _StrictUtf8Parser(MultiPartParser):
+    """Starlette's parser silently decodes a non-UTF-8 form field as Latin-1; refuse it instead."""
+
+    def on_part_end(self) -> None:
+        if self._current_part.file is None:
+            try:
+                bytes(self._current_part.data).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise api_error("invalid_utf8", f"Form field text is not valid UTF-8 (byte {exc.start}).",
+                                hint="Send text encoded as UTF-8.") from None
+        super().on_part_end()
+
+
 async def _from_multipart(body: bytes, headers: Headers) -> RawInputs:
-    parser = MultiPartParser(headers, _once(body), max_files=2, max_fields=4)
+    parser = _StrictUtf8Parser(headers, _once(body), max_files=2, max_fields=4)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
