@@ -64,10 +64,34 @@ def section(doc: dict[str, Any], path: Path) -> str:
     return "\n".join(lines)
 
 
+def serve_section(doc: dict[str, Any], path: Path) -> str:
+    """One ``serve-load.json`` (benchmarks/serve_load.py) as a markdown table."""
+    lat, rss = doc.get("latency_ms", {}), doc.get("rss_mib", {})
+    machine = path.parent.parent.name
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(doc["statuses"].items()))
+    return "\n".join([
+        f"### Kiosk server under load — `{machine}`",
+        "",
+        f"`edgemm serve` on `{doc.get('bundle', {}).get('name', '?')}` (CPU), {doc['requests']} mixed requests "
+        f"(multipart, JSON/base64, raw image; 1 % malformed) from {doc['concurrency']} concurrent keep-alive "
+        "clients on loopback, after 200 warm-up requests. Source: "
+        f"[`{path.relative_to(HERE).as_posix()}`]({path.relative_to(HERE).as_posix()}).",
+        "",
+        "| p50 ms | p90 ms | p99 ms | max ms | throughput req/s | statuses | unexpected | 5xx | RSS after warm-up → after load (MiB) |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+        f"| {_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('max'))} | "
+        f"{_fmt(doc['throughput_rps'], 1)} | {statuses} | {doc['unexpected_count']} | {doc['server_errors']} | "
+        f"{rss.get('after_warmup')} → {rss.get('after_load')} |",
+    ])
+
+
 def render(results: Path, readme: Path) -> None:
-    """Rewrite the generated part of ``readme`` from ``results/*/*/bench.json``."""
+    """Rewrite the generated part of ``readme`` from ``results/*/*/bench.json`` and serve-load runs."""
     docs = sorted(results.glob("*/*/bench.json"))
-    body = "\n\n".join(section(json.loads(p.read_text(encoding="utf-8")), p) for p in docs) or "_No results recorded yet._"
+    parts = [section(json.loads(p.read_text(encoding="utf-8")), p) for p in docs]
+    parts += [serve_section(json.loads(p.read_text(encoding="utf-8")), p)
+              for p in sorted(results.glob("*/serve-load/serve-load.json"))]
+    body = "\n\n".join(parts) or "_No results recorded yet._"
     text = readme.read_text(encoding="utf-8")
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)

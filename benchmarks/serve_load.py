@@ -60,8 +60,12 @@ def _multipart(parts: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, 
         "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
-def request_mix(n: int, *, malformed: float = 0.01, seed: int = 0) -> list[tuple[str, bytes, dict[str, str], bool]]:
-    """``n`` requests ``(path, body, headers, is_malformed)``: mixed modalities and transports."""
+def request_mix(n: int, *, malformed: float = 0.01, seed: int = 0,
+                audio: bool = True) -> list[tuple[str, bytes, dict[str, str], bool]]:
+    """``n`` requests ``(path, body, headers, is_malformed)``: mixed modalities and transports.
+
+    ``audio``: whether the model takes (optional) audio; a quarter of the requests then carry it.
+    """
     rng = random.Random(seed)
     images, wavs = [_png(i) for i in range(8)], [_wav(i) for i in range(4)]
     words = ["seven", "七", "sieben", "٣ ثلاثة", "👍 two", "nine", "零", "five"]
@@ -85,7 +89,7 @@ def request_mix(n: int, *, malformed: float = 0.01, seed: int = 0) -> list[tuple
             body, headers = _multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
                                         "image": ("p.png", img, "image/png")})
             out.append(("/v1/predict", body, headers, False))
-        elif roll < 0.75:
+        elif roll < 0.75 and audio:
             body, headers = _multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
                                         "image": ("p.png", img, "image/png"),
                                         "audio": ("a.wav", rng.choice(wavs), "audio/wav")})
@@ -168,13 +172,16 @@ def main() -> None:
     from edgemm.bench.machine import fingerprint, machine_id
     from tests.serve.conftest import start_server, stop_server
 
+    manifest = json.loads((args.bundle / "edgemm.json").read_text())
+    audio = "audio" in manifest["modalities"]
     tmp = Path("benchmarks/.work/serve-load")
     tmp.mkdir(parents=True, exist_ok=True)
     server = start_server(tmp, str(args.bundle), "--device", "cpu")
     try:
-        run_load(server.port, request_mix(200, seed=1), args.concurrency)  # warm-up
+        run_load(server.port, request_mix(200, seed=1, audio=audio), args.concurrency)  # warm-up
         rss_warm = rss_kib(server.proc.pid)
-        report = run_load(server.port, request_mix(args.requests, seed=2), args.concurrency)
+        report = run_load(server.port, request_mix(args.requests, seed=2, audio=audio), args.concurrency)
+        report["bundle"] = {"name": manifest["name"], "modalities": sorted(manifest["modalities"])}
         report["rss_mib"] = {"after_warmup": round(rss_warm / 1024, 1),
                              "after_load": round(rss_kib(server.proc.pid) / 1024, 1)}
         report["batch_size_histogram"] = batch_histogram(server.metrics())
@@ -185,6 +192,9 @@ def main() -> None:
     out = args.out or HERE / "results" / machine_id(machine) / "serve-load"
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve-load.json").write_text(json.dumps(report, indent=2, default=str))
+    from benchmarks.render import render
+
+    render(HERE / "results", HERE / "README.md")
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
 
 
