@@ -64,3 +64,47 @@ def test_kiosk_page_answers_an_image_and_rtl_emoji_text(server, tmp_path):
             browser.close()
     assert requested and all(url.startswith((base, "blob:" + base)) for url in requested), requested
     assert (ARTIFACTS / "kiosk.png").stat().st_size > 10_000
+
+
+def test_kiosk_camera_snapshot_and_recorded_answer(server):
+    """Chromium's fake camera and microphone: take a photo, record an answer, get a verdict."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    base = f"http://127.0.0.1:{server.port}"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context(permissions=["camera", "microphone"])
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('status').textContent === 'Ready'", timeout=20_000)
+            page.click("#camera-btn")
+            page.wait_for_selector("#snap-btn:not([hidden])", timeout=10_000)
+            page.wait_for_function("document.getElementById('camera').videoWidth > 0", timeout=10_000)
+            page.click("#snap-btn")
+            page.wait_for_selector("#preview:not([hidden])", timeout=10_000)
+            page.click("#record-btn")
+            page.wait_for_timeout(800)
+            page.click("#record-btn")
+            page.wait_for_selector("#playback:not([hidden])", timeout=10_000)
+            page.fill("#text-input", "seven")
+            page.click("#submit-btn")
+            page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+            assert page.text_content("#result-label") in ("zero", "one", "two")
+            assert not errors, errors
+            # What the page sent: a PNG snapshot and a 16-bit WAV recording (what the server accepts).
+            sent = page.evaluate("""async () => {
+                const head = async (b) => Array.from(new Uint8Array(await b.slice(0, 16).arrayBuffer()));
+                return {image: await head(state.image), audio: await head(state.audio), audioBytes: state.audio.size};
+            }""")
+            assert bytes(sent["image"][:4]) == b"\x89PNG"
+            assert bytes(sent["audio"][:4]) == b"RIFF" and bytes(sent["audio"][8:16]) == b"WAVEfmt "
+            assert sent["audioBytes"] > 44 + 2 * 8000 * 0.5  # at least half a second of samples
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "kiosk-camera.png"), full_page=True)
+        finally:
+            browser.close()
