@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgemm.errors import UsageError
@@ -56,7 +56,6 @@ class ServeConfig:
     deadline_s: float = 10.0
     reload_interval_s: float = 2.0
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.bundle is None) == (self.store is None):

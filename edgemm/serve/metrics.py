@@ -84,7 +84,7 @@ class Metrics:
         """The exposition text (``text/plain; version=0.0.4``)."""
         with self._lock:
             lines = [
-                "# HELP edgemm_requests_total Predict/API responses by HTTP status.",
+                "# HELP edgemm_requests_total Responses to /v1/predict and to refused requests, by HTTP status.",
                 "# TYPE edgemm_requests_total counter",
                 *(f'edgemm_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.responses.items())),
                 "# HELP edgemm_errors_total Error responses by stable error code.",

@@ -32,7 +32,8 @@ def test_kiosk_page_answers_an_image_and_rtl_emoji_text(server, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(base + "/")
-            page.wait_for_function("document.getElementById('status').textContent === 'Ready'", timeout=20_000)
+            # Locators, not wait_for_function: the page's CSP (no unsafe-eval) blocks string predicates.
+            page.locator("#status", has_text="Ready").wait_for(timeout=20_000)
             assert page.is_visible("#image-section") and page.is_visible("#text-section")
             page.set_input_files("#image-input", str(picture))
             page.wait_for_selector("#preview:not([hidden])")
@@ -81,10 +82,14 @@ def test_kiosk_camera_snapshot_and_recorded_answer(server):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(base + "/")
-            page.wait_for_function("document.getElementById('status').textContent === 'Ready'", timeout=20_000)
+            # Locators, not wait_for_function: the page's CSP (no unsafe-eval) blocks string predicates.
+            page.locator("#status", has_text="Ready").wait_for(timeout=20_000)
             page.click("#camera-btn")
             page.wait_for_selector("#snap-btn:not([hidden])", timeout=10_000)
-            page.wait_for_function("document.getElementById('camera').videoWidth > 0", timeout=10_000)
+            for _ in range(100):
+                if page.evaluate("() => document.getElementById('camera').videoWidth") > 0:
+                    break
+                page.wait_for_timeout(100)
             page.click("#snap-btn")
             page.wait_for_selector("#preview:not([hidden])", timeout=10_000)
             page.click("#record-btn")
