@@ -38,7 +38,8 @@ def render_systemd_unit(store: Path, port: int, policy: str, memory_max: str) ->
 @click.option("--expose", is_flag=True, help="Allow binding a non-loopback address (prints a warning).")
 @click.option("--allow-host", "allow_hosts", multiple=True, help="Extra Host header name to answer to.")
 @click.option("--allow-origin", "allow_origins", multiple=True, help="Extra browser origin allowed to call the API.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt", "tensorrt-ep"]), default="auto",
+              show_default=True, help="auto: TensorRT engine → ORT CUDA → ORT CPU, each skip logged.")
 @click.option("--device-policy", type=click.Choice(["allow_cpu", "require_gpu"]), default="allow_cpu",
               show_default=True, help="require_gpu: never become ready on the CPU.")
 @click.option("--max-batch", type=int, default=16, show_default=True, help="Micro-batch size limit.")

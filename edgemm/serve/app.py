@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgemm.serve.batcher import MicroBatcher
 from edgemm.serve.config import ServeConfig
-from edgemm.serve.host import ModelHost
+from edgemm.serve.host import GPU_DEVICES, ModelHost
 from edgemm.serve.httperrors import ApiError, api_error
 from edgemm.serve.inputs import decode_inputs, parse_body
 from edgemm.serve.metrics import Metrics
@@ -143,7 +143,7 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
         "edgemm_queue_depth": lambda: batcher.depth,
         "edgemm_ready": lambda: float(host.ready),
         "edgemm_degraded": lambda: float(bool(host.current and host.current.predictor.degraded)),
-        "edgemm_on_gpu": lambda: float(bool(host.current and host.current.predictor.device == "cuda")),
+        "edgemm_on_gpu": lambda: float(bool(host.current and host.current.predictor.device in GPU_DEVICES)),
     })
     metrics.info = host.info
 

@@ -23,6 +23,9 @@ from edgemm.serve.metrics import Metrics
 
 log = logging.getLogger("edgemm.serve")
 
+# Where ``Predictor.device`` reports work on the GPU (ORT CUDA, ORT TensorRT EP, native engines).
+GPU_DEVICES = ("cuda", "tensorrt")
+
 # CUDA errors after which the context is unusable: only a new process recovers.
 _POISON_MARKERS = (
     "illegal memory access", "cudaerrorillegaladdress", "unspecified launch failure",
@@ -34,7 +37,7 @@ _POISON_MARKERS = (
 
 def poisons_gpu(error: BaseException, device: str) -> bool:
     """Whether ``error`` on ``device`` leaves the CUDA context unusable (restart the process)."""
-    if device != "cuda":
+    if device not in GPU_DEVICES:
         return False
     text = f"{type(error).__name__}: {error}".lower()
     return any(marker in text for marker in _POISON_MARKERS)
@@ -90,7 +93,7 @@ class ModelHost:
         policy = self.config.device_policy
         predictor = Predictor.load(source, device=self.config.device, threads=self.config.threads,
                                    allow_cpu_fallback=policy == "allow_cpu")
-        if policy == "require_gpu" and (predictor.device != "cuda" or predictor.degraded):
+        if policy == "require_gpu" and (predictor.device not in GPU_DEVICES or predictor.degraded):
             predictor.close()
             raise BackendUnavailableError(
                 f"Device policy require_gpu: the model runs on {predictor.device}"

@@ -202,6 +202,6 @@ def test_gpu_poisoning_errors_are_recognised():
     from edgemm.serve.host import poisons_gpu
 
     err = RuntimeError("CUDA failure 700: an illegal memory access was encountered")
-    assert poisons_gpu(err, "cuda") and not poisons_gpu(err, "cpu")
+    assert poisons_gpu(err, "cuda") and poisons_gpu(err, "tensorrt") and not poisons_gpu(err, "cpu")
     assert not poisons_gpu(RuntimeError("Invalid input shape"), "cuda")
     assert np.isfinite(1.0)
