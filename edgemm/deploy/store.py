@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgemm.bundle.manifest import MANIFEST_NAME, Manifest
 from edgemm.bundle.verify import verify_bundle
 from edgemm.deploy.archive import (
     DEFAULT_MAX_TOTAL_BYTES,
@@ -184,9 +185,10 @@ class DeviceStore:
             (work / "statement.json").write_bytes(statement.raw)
             _fsync_dir(work)
             _checkpoint()
-            manifest = verify_bundle(work / "bundle", check_hashes=True)
-            if manifest.name != statement.name:
-                raise ArchiveError(f"The statement names {statement.name!r} but the bundle is {manifest.name!r}.")
+            # Every byte was hashed against the signed statement while it was written; what is
+            # left to prove is that the statement and the manifest describe the same files.
+            manifest = verify_bundle(work / "bundle", check_hashes=False)
+            _check_statement_matches(statement, manifest)
             report = self._canary(work / "bundle", device) if canary else {"skipped": True}
             final = self.root / "bundles" / install_id
             if final.exists():
@@ -199,8 +201,8 @@ class DeviceStore:
             if current is not None:
                 self._switch("previous", current.root.name)
             self._switch("active", install_id)
-            try:
-                verify_bundle(final / "bundle", check_hashes=True)
+            try:  # the pointer must resolve to the complete bundle (its bytes were hashed above)
+                verify_bundle(final / "bundle", check_hashes=False)
             except EdgemmError:
                 if current is not None:  # roll back: the old bundle is still complete
                     self._switch("active", current.root.name)
@@ -281,18 +283,28 @@ class DeviceStore:
 
     @staticmethod
     def _canary(bundle: Path, device: str) -> dict[str, Any]:
-        from edgemm.runtime.golden import check_golden
         from edgemm.runtime.predictor import Predictor
 
         with Predictor.load(bundle, device=device) as predictor:
-            return check_golden(bundle, predictor.manifest, predictor.artifact.name,
-                                device=predictor.device, backend=predictor.backend)
+            return predictor.check_golden()
 
     def _prune(self) -> None:
         keep = {b.root.name for b in (self.active(), self.previous()) if b is not None}
         for entry in (self.root / "bundles").iterdir():
             if entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _check_statement_matches(statement: Statement, manifest: Manifest) -> None:
+    """The signed statement lists exactly the manifest's files with the manifest's hashes."""
+    if manifest.name != statement.name:
+        raise ArchiveError(f"The statement names {statement.name!r} but the bundle is {manifest.name!r}.")
+    signed = {path: digest for path, _, digest in statement.files if path != MANIFEST_NAME}
+    listed = {entry.path: entry.sha256 for entry in manifest.files}
+    if signed != listed:
+        differ = sorted(set(signed.items()) ^ set(listed.items()))[:5]
+        raise ArchiveError(f"The signed statement and the bundle's manifest disagree on {differ}.",
+                           hint="Pack the bundle again with edgemm pack.")
 
 
 def _canary_summary(report: dict[str, Any]) -> dict[str, Any]:

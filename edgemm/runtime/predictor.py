@@ -28,6 +28,7 @@ from edgemm.errors import (
 )
 from edgemm.runtime.backends.base import Backend
 from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices, tensorrt_ep_options
+from edgemm.runtime.golden import check_golden
 from edgemm.runtime.postprocess import Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 from edgemm.runtime.trt_compat import (
@@ -308,6 +309,15 @@ class Predictor:
             predictions.extend(postprocess(outputs, self.manifest.postprocessing, self.manifest.labels,
                                            candidates=candidates))
         return predictions[0] if single else predictions
+
+    def check_golden(self) -> dict[str, Any]:
+        """Known-answer canary: reproduce the golden set through this predictor's own session.
+
+        Raises:
+            GoldenSetError: Preprocessing or the outputs differ from what the export recorded.
+        """
+        return check_golden(self.bundle, self.manifest, self.artifact.name, device=self.device,
+                            backend=self.backend)
 
     def close(self) -> None:
         """Release the session."""

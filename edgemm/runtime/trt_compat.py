@@ -287,5 +287,7 @@ def bundle_cache_dir(bundle: str | Path) -> Path:
     """
     import hashlib
 
-    digest = hashlib.sha256((Path(bundle) / "edgemm.json").read_bytes()).hexdigest()[:16]
+    from edgemm.bundle.manifest import MANIFEST_NAME
+
+    digest = hashlib.sha256((Path(bundle) / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
     return cache_root() / "bundles" / digest

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from edgemm.errors import BackendUnavailableError, EdgemmError
-from edgemm.runtime.golden import check_golden, load_golden
 from edgemm.runtime.predictor import Predictor
 from edgemm.serve.config import ServeConfig
 from edgemm.serve.metrics import Metrics
@@ -85,7 +84,7 @@ class ModelHost:
         return active.bundle, active.version
 
     def prepare(self, source: Path, version: str | None) -> Loaded:
-        """Load, warm up and canary a bundle without touching the serving one.
+        """Load and canary (which warms it up) a bundle without touching the serving one.
 
         Raises:
             EdgemmError: Invalid bundle, device policy not met, or the canary failed.
@@ -99,11 +98,13 @@ class ModelHost:
                 f"Device policy require_gpu: the model runs on {predictor.device}"
                 + (f" ({predictor.degraded})" if predictor.degraded else "") + ".",
                 hint="Install onnxruntime-gpu and its CUDA libraries, or serve with --device-policy allow_cpu.")
-        golden = load_golden(source, predictor.manifest)
-        for _ in range(2):  # warm-up: first runs allocate arenas and pick kernels
-            predictor.run(golden.feed)
-        report = check_golden(source, predictor.manifest, predictor.artifact.name,
-                              device=predictor.device, backend=predictor.backend)
+        # The canary is also the warm-up: its run allocates the arenas and picks the kernels
+        # before the first request arrives.
+        try:
+            report = predictor.check_golden()
+        except EdgemmError:
+            predictor.close()
+            raise
         return Loaded(predictor, source, version, report)
 
     def load_initial(self) -> None:
