@@ -99,6 +99,17 @@ class _Base:
         return None if tensor is None else tensor.as_numpy()
 
 
+    def _inputs(self, request: Any) -> dict[str, np.ndarray]:
+        """Every input named in ``self.inputs``; a missing one is that request's error."""
+        arrays = {}
+        for name in self.inputs:
+            array = self._input(request, name)
+            if array is None:
+                raise InvalidInputError(f"The request has no input {name!r}.")
+            arrays[name] = array
+        return arrays
+
+
 class _Preprocess(_Base):
     """Raw bytes → model feed, one request at a time (each request gets its own error)."""
 
@@ -184,13 +195,7 @@ class _OnnxModel(_Base):
         feeds: list[tuple[int, dict[str, np.ndarray]]] = []
         for i, request in enumerate(requests):
             try:
-                feed = {}
-                for name in self.inputs:
-                    array = self._input(request, name)
-                    if array is None:
-                        raise InvalidInputError(f"The request has no input {name!r}.")
-                    feed[name] = array
-                feeds.append((i, feed))
+                feeds.append((i, self._inputs(request)))
             except Exception as exc:
                 responses[i] = self._error(exc)
         # Requests of equal shapes (and only those) are concatenated into one batch: that is
@@ -245,12 +250,7 @@ class _Postprocess(_Base):
         responses = []
         for request in requests:
             try:
-                outputs = {}
-                for name in self.inputs:
-                    array = self._input(request, name)
-                    if array is None:
-                        raise InvalidInputError(f"The request has no input {name!r}.")
-                    outputs[name] = array
+                outputs = self._inputs(request)
                 predictions = postprocess(outputs, self.manifest.postprocessing, self.manifest.labels)
                 labels = np.array([[(p.label or "").encode("utf-8")] for p in predictions], dtype=object)
                 scores = np.array([[np.nan if p.score is None else p.score] for p in predictions], dtype=np.float32)
