@@ -50,7 +50,8 @@ def _wav(seed: int) -> bytes:
     return encode_wav((0.2 * np.sin(2 * np.pi * (200 + 40 * seed) * t)).astype(np.float32), 16000)
 
 
-def _multipart(parts: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, dict[str, str]]:
+def multipart(parts: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, dict[str, str]]:
+    """Encode ``name → (filename or None, data, content type)`` as multipart/form-data."""
     chunks = []
     for name, (filename, data, ctype) in parts.items():
         disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
@@ -86,11 +87,11 @@ def request_mix(n: int, *, malformed: float = 0.01, seed: int = 0,
             continue
         roll = rng.random()
         if roll < 0.5:
-            body, headers = _multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
+            body, headers = multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
                                         "image": ("p.png", img, "image/png")})
             out.append(("/v1/predict", body, headers, False))
         elif roll < 0.75 and audio:
-            body, headers = _multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
+            body, headers = multipart({"text": (None, text.encode(), "text/plain; charset=utf-8"),
                                         "image": ("p.png", img, "image/png"),
                                         "audio": ("a.wav", rng.choice(wavs), "audio/wav")})
             out.append(("/v1/predict", body, headers, False))

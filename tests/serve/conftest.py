@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serve_load import rss_kib
 from tests.conftest import REPO
 
 
@@ -72,10 +73,7 @@ class Server:
         return self.get("/metrics").body.decode()
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
+        return rss_kib(self.proc.pid)
 
 
 def start_server(tmp: Path, *args: str, wait_ready: bool = True, timeout: float = 90.0) -> Server:
@@ -140,15 +138,3 @@ def wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
 
     t = np.arange(int(seconds * rate)) / rate
     return encode_wav((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
-
-
-def multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, dict[str, str]]:
-    """Encode ``name → (filename or None, data, content type)`` as multipart/form-data."""
-    boundary = "edgemmTestBoundary7MA4YWxk"
-    parts = []
-    for name, (filename, data, ctype) in fields.items():
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        parts.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\nContent-Type: {ctype}\r\n\r\n".encode()
-                     + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_load import multipart
 from edgemm.runtime.preprocess.audio import encode_wav
-from tests.serve.conftest import multipart, png_bytes, wav_bytes
+from tests.serve.conftest import png_bytes, wav_bytes
 
 GOOD_PNG = png_bytes()
 GOOD_WAV = wav_bytes(0.5)
@@ -180,8 +181,7 @@ def corpus() -> list[tuple[str, str, str, bytes, dict[str, str], int, str | None
         "invalid_request")
     add("no-boundary", (b"x", {"Content-Type": "multipart/form-data"}), 400, "invalid_request")
     add("unknown-field", multipart({"model_url": (None, b"http://x", "text/plain")}), 400, "invalid_request")
-    add("duplicate-text", multipart({"text": (None, b"a", "text/plain")}) if False else
-        (b"--B\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\na\r\n--B\r\nContent-Disposition: form-data; "
+    add("duplicate-text", (b"--B\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\na\r\n--B\r\nContent-Disposition: form-data; "
          b"name=\"text\"\r\n\r\nb\r\n--B--\r\n", {"Content-Type": "multipart/form-data; boundary=B"}),
         400, "invalid_request")
     add("too-many-files", (b"".join(b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\nx\r\n"

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from benchmarks.serve_load import multipart
 from edgemm.export.pipeline import ExportOptions, export_bundle
 from edgemm.runtime.predictor import Predictor
 from tests.models.test_clip_export import _save
-from tests.serve.conftest import multipart, png_bytes, start_server, stop_server
+from tests.serve.conftest import png_bytes, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
