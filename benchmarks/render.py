@@ -9,10 +9,15 @@ those tables is typed by hand.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from edgemm.bench.report import peak_fraction_rows, telemetry_rows  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -53,6 +58,16 @@ def section(doc: dict[str, Any], path: Path) -> str:
         for r in doc["cold_start"]:
             if "error" not in r:
                 lines.append(f"| {r['contender']} | {r['total_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+    power = telemetry_rows(doc)
+    if power:
+        lines += ["", f"| power ({doc['config'].get('telemetry')}), model only | batch | avg W | mJ / item | peak device MB |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {n} | {b} | {w:.1f} | {mj:.3f} | {_fmt(mb, 0)} |" for n, b, w, mj, mb in power]
+    fractions = peak_fraction_rows(doc)
+    if fractions:
+        lines += ["", f"| share of dense FP16 peak ({doc['flops']['peak_fp16_tflops']:.0f} TFLOPS), model only | batch | "
+                  "GFLOP / batch | achieved TFLOPS | fraction |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {n} | {b} | {g:.1f} | {t:.1f} | {100 * f:.1f} % |" for n, b, g, t, f in fractions]
     if doc["ratios"].get("speedup"):
         lines += ["", "| speed-up (peer p50 ÷ best edgemm p50) | mode | batch | edgemm | ratio |", "| --- | --- | ---: | --- | ---: |"]
         for r in doc["ratios"]["speedup"]:

@@ -88,7 +88,11 @@ def run_bench(config: BenchConfig) -> BenchReport:
     sampler = _sampler(config, peer_notes)
 
     log.info("timing %s", ", ".join(c.name for c in everyone))
-    measurements = run_interleaved(everyone, inputs, config.timing, sampler=sampler)
+    try:
+        measurements = run_interleaved(everyone, inputs, config.timing, sampler=sampler)
+    finally:
+        if sampler is not None:
+            sampler.close()
     accuracy: list[dict[str, Any]] = []
     if config.accuracy and evalset is not None:
         reference = next((c for c in contenders if c.info.get("artifact") == "fp32"), None) or \
@@ -112,7 +116,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
                    "seq_lens": list(config.timing.seq_lens), "warmup": config.timing.warmup,
                    "iterations": config.timing.iterations, "rounds": config.timing.rounds,
                    "duration_s": config.timing.duration_s, "modes": list(config.timing.modes),
-                   "interleaved": True, "inputs": data_note.get("inputs")},
+                   "interleaved": True, "inputs": data_note.get("inputs"),
+                   "telemetry": sampler.source if sampler is not None else None},
         "contenders": [{"name": c.name, "kind": c.kind, "precision": c.precision, "device": c.device, **c.info}
                        for c in everyone],
         "notes": peer_notes,
@@ -173,9 +178,9 @@ def _artifacts(config: BenchConfig, manifest: Manifest) -> list[str]:
 
 def _edgemm_contender(config: BenchConfig, bundle: Path, manifest: Manifest, name: str) -> Any:
     if config.device == "cuda":
-        from edgemm.bench.gpu import CudaGraphContender
+        from edgemm.bench.iobinding import IOBindingContender
 
-        return CudaGraphContender(bundle, manifest, name, cuda_graphs=config.cuda_graphs)
+        return IOBindingContender(bundle, manifest, name, device="cuda", cuda_graphs=config.cuda_graphs)
     return EdgemmContender(bundle, name, device=config.device, threads=config.threads)
 
 
@@ -270,10 +275,10 @@ def _input_maker(bundle: Path, manifest: Manifest, *, evalset_records: list[Any]
 def _sampler(config: BenchConfig, notes: list[str]) -> Any:
     if config.device != "cuda" or not config.telemetry:
         return None
-    from edgemm.bench.gpu import NvmlSampler, TegrastatsSampler, tegrastats_available
+    from edgemm.bench.telemetry import open_telemetry
 
     try:
-        return TegrastatsSampler() if tegrastats_available() else NvmlSampler()
+        return open_telemetry()
     except BackendUnavailableError as exc:
         notes.append(f"GPU power/memory not recorded: {exc.message}")
         return None

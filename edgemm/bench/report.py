@@ -12,6 +12,21 @@ LATENCY_COLUMNS = ("contender", "mode", "batch", "seq", "n", "p50_ms", "p90_ms",
                    "peak_device_memory_mb", "error")
 
 
+def telemetry_rows(document: dict[str, Any]) -> list[tuple[str, int, float, float, float | None]]:
+    """(contender, batch, average W, mJ per item, peak device MB) of the model-only cells that have power."""
+    return [(r["contender"], r["batch"], r["avg_power_w"], r["energy_per_item_mj"], r.get("peak_device_memory_mb"))
+            for r in document["latency"] if r["mode"] == "model" and r.get("energy_per_item_mj") is not None]
+
+
+def peak_fraction_rows(document: dict[str, Any]) -> list[tuple[str, int, float, float, float]]:
+    """(contender, batch, GFLOP per batch, achieved TFLOPS, fraction of dense FP16 peak), GPU only."""
+    flops = document.get("flops") or {}
+    if not flops.get("peak_fp16_tflops"):
+        return []
+    return [(r["contender"], r["batch"], r["gflops_per_batch"], r["tflops"], r["fraction_of_peak"])
+            for r in flops.get("rows", []) if r.get("seq") is None and r.get("fraction_of_peak") is not None]
+
+
 def table(document: dict[str, Any]) -> str:
     """A plain-text summary for the terminal."""
     m = document["machine"]
@@ -43,6 +58,17 @@ def table(document: dict[str, Any]) -> str:
                 lines.append(f"  {row['contender']:<32} failed: {row['error'][:70]}")
             else:
                 lines.append(f"  {row['contender']:<32} {row['total_s']:.3f} s   {row['peak_rss_mb']:.0f} MB")
+    power = telemetry_rows(document)
+    if power:
+        lines += ["", f"power ({document['config'].get('telemetry')}), model only:"]
+        for name, batch, watts, mj, memory in power:
+            shown = "-" if memory is None else f"{memory:.0f} MB"
+            lines.append(f"  {name:<32} batch {batch:<4} {watts:7.1f} W  {mj:9.3f} mJ/item  device memory {shown}")
+    fractions = peak_fraction_rows(document)
+    if fractions:
+        lines += ["", f"achieved vs dense FP16 peak ({document['flops']['peak_fp16_tflops']:.0f} TFLOPS), model only:"]
+        for name, batch, gflops, tflops, fraction in fractions:
+            lines.append(f"  {name:<32} batch {batch:<4} {gflops:9.1f} GFLOP  {tflops:7.1f} TFLOPS  {100 * fraction:5.1f} %")
     speedups = document["ratios"].get("speedup", [])
     if speedups:
         lines += ["", "speed-up of the best edgemm artifact (peer p50 ÷ edgemm p50):"]

@@ -42,13 +42,15 @@ def _ints(value: str | None, what: str) -> tuple[int, ...]:
 @click.option("--cold-runs", type=click.IntRange(1, 50), default=3, show_default=True)
 @click.option("--accuracy/--no-accuracy", default=True, show_default=True)
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help="CUDA: capture CUDA graphs.")
+@click.option("--telemetry/--no-telemetry", default=True, show_default=True,
+              help="CUDA: record power, energy per item and device memory (NVML, or tegrastats on Jetson).")
 @click.option("--max-p99-ms", type=click.FloatRange(0), help="Budget: exit 4 if an edgemm artifact's end-to-end p99 exceeds it.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Write bench.json, bench.csv and PNG plots here.")
 @json_option
 def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: str, seq_lens: str | None, warmup: int,
           iterations: int, rounds: int, duration: float | None, peers: str | None, checkpoint: Path | None,
           eval_data: str | None, threads: int | None, cold_start: bool, cold_runs: int, accuracy: bool,
-          cuda_graphs: bool, max_p99_ms: float | None, out: Path | None, as_json: bool) -> None:
+          cuda_graphs: bool, telemetry: bool, max_p99_ms: float | None, out: Path | None, as_json: bool) -> None:
     """Benchmark BUNDLE's artifacts beside PyTorch, torch.compile and Optimum, in one run.
 
     Contenders are interleaved on identical inputs; the report gives p50/p90/p99 end to end and
@@ -65,7 +67,7 @@ def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: st
     report = run_bench(BenchConfig(bundle=bundle, artifacts=artifacts or None, device=device, timing=timing,
                                    peers=peer_list, checkpoint=checkpoint, threads=threads, cold_start=cold_start,
                                    cold_runs=cold_runs, accuracy=accuracy, eval_data=eval_data,
-                                   max_p99_ms=max_p99_ms, cuda_graphs=cuda_graphs))
+                                   max_p99_ms=max_p99_ms, cuda_graphs=cuda_graphs, telemetry=telemetry))
     files = write_reports(report.document, out) if out else []
     if as_json:
         emit_json({"ok": not report.budget_failures, **report.document, "files": [str(f) for f in files]})

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from edgemm.bench.bench import BenchConfig, run_bench
-from edgemm.bench.gpu import parse_tegrastats
 from edgemm.bench.runner import TimingOptions
 from edgemm.cli import cli
 from tests.conftest import run_edge
@@ -95,17 +94,14 @@ def test_missing_bundle():
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
-def test_tegrastats_lines_parse():
-    orin = ("RAM 2790/7620MB (lfb 1x4MB) SWAP 0/3810MB CPU [2%@729,1%@729] GR3D_FREQ 0% cpu@46.5C "
-            "VDD_IN 4796mW/4796mW VDD_CPU_GPU_CV 479mW/479mW VDD_SOC 1438mW/1438mW")
-    xavier = "RAM 1917/3964MB (lfb 39x4MB) CPU [5%@1479] GR3D_FREQ 0% POM_5V_IN 2513/2513 POM_5V_GPU 0/0"
-    assert parse_tegrastats(orin) == (4.796, 2790.0)
-    assert parse_tegrastats(xavier) == (2.513, 1917.0)
-    assert parse_tegrastats("garbage") == (None, None)
-
-
 @pytest.mark.gpu
 def test_cuda_io_binding_and_graphs(tiny_bundle):
     report = run_bench(BenchConfig(bundle=tiny_bundle, device="cuda", timing=TimingOptions(iterations=20),
                                    peers=("torch-eager", "torch-compile"), cold_start=False))
-    assert any("cudagraph" in c["name"] for c in report.document["contenders"])
+    doc = report.document
+    ours = next(c for c in doc["contenders"] if c["kind"] == "edgemm")
+    assert ours["io_binding"] and ours["cuda_graphs"] and ours["name"].endswith("+cudagraph"), ours
+    agreement = {r["contender"]: r.get("top1_agreement") for r in doc["accuracy"]["rows"]}
+    assert agreement[ours["name"]] == 1.0 and agreement["torch-eager"] == 1.0
+    model = next(r for r in doc["latency"] if r["contender"] == ours["name"] and r["mode"] == "model")
+    assert model["n"] == 20 and (doc["config"]["telemetry"] is None or model["energy_per_item_mj"] > 0)
