@@ -51,3 +51,25 @@ def test_an_artifact_the_cpu_cannot_run_fails_its_gate_cleanly(tmp_path):
     broken.write_bytes(b"not an onnx model")
     result, _ = _attempt(ctx, spec, "fp32-opt", tmp_path / "x.onnx", exclude=[], report=report, label="initial")
     assert not result.passed and "could not run it" in report["attempts"][0]["error"]
+
+
+def test_vision_transformer_attention_fuses(tiny_ckpt, tmp_path):
+    """ViT attention (transformers scales scores with Mul) fuses once rewritten as Div; outputs unchanged."""
+    import numpy as np
+    import onnxruntime as ort
+
+    bundle = export_bundle(tiny_ckpt, tmp_path / "b", options=ExportOptions(exporter="legacy")).bundle
+    optimized = tmp_path / "opt.onnx"
+    report = optimize_graph(bundle / "model" / "fp32.onnx", optimized,
+                            {"text": {"architecture": "bert", "num_heads": 2, "hidden_size": 32},
+                             "image": {"architecture": "vit", "num_heads": 2, "hidden_size": 32}})
+    passes = {p["branch"]: p["fused"] for p in report["passes"]}
+    assert report["rewritten_attention_scaling"] == 2  # the ViT's two layers (BERT's scores carry a mask Add)
+    assert passes["text"].get("Attention") == 2 and passes["image"].get("Attention") == 2, passes
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(1, 1000, (3, 9)), "attention_mask": np.ones((3, 9), np.int64),
+            "pixel_values": rng.standard_normal((3, 3, 32, 32)).astype(np.float32)}
+    before = ort.InferenceSession(str(bundle / "model" / "fp32.onnx"), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(optimized), providers=["CPUExecutionProvider"])
+    feed = {i.name: feed[i.name] for i in before.get_inputs()}
+    np.testing.assert_allclose(after.run(None, feed)[0], before.run(None, feed)[0], atol=1e-4)
