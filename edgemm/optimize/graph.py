@@ -136,12 +136,19 @@ def optimize_graph(src: Path, dst: Path, encoders: dict[str, dict[str, Any]]) ->
     if any(spec["model_type"] == "vit" for spec in passes):
         report["rewritten_attention_scaling"] = scaled_softmax_as_div(model)
     current = model
-    for spec in passes:
-        with contextlib.redirect_stdout(io.StringIO()):
-            optimized = optimize_model(current, model_type=spec["model_type"], num_heads=spec["num_heads"],
-                                       hidden_size=spec["hidden_size"], opt_level=0, use_gpu=False,
-                                       optimization_options=FusionOptions(spec["model_type"]))
-        current = optimized.model
+    ort_log = logging.getLogger("onnxruntime.transformers.optimizer")
+    level = ort_log.level
+    try:
+        for index, spec in enumerate(passes):
+            if index:  # later passes see ORT's optimizer as the producer and would warn about it
+                ort_log.setLevel(max(level, logging.ERROR))
+            with contextlib.redirect_stdout(io.StringIO()):
+                optimized = optimize_model(current, model_type=spec["model_type"], num_heads=spec["num_heads"],
+                                           hidden_size=spec["hidden_size"], opt_level=0, use_gpu=False,
+                                           optimization_options=FusionOptions(spec["model_type"]))
+            current = optimized.model
+    finally:
+        ort_log.setLevel(level)
     final = _counts_by_branch(current)
     for spec in passes:
         fused = _gained(final.get(spec["branch"], Counter()), baseline.get(spec["branch"], Counter()))
