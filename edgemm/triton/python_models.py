@@ -19,6 +19,10 @@ Roles:
   for Triton builds without the onnxruntime backend; requests of equal shape run as one batch.
 * ``postprocess``: model outputs → ``LABEL``, ``SCORE`` and ``PREDICTION`` (the JSON of
   :meth:`~edgemm.runtime.postprocess.Prediction.to_dict`, as ``edgemm predict --json`` prints it).
+* ``similarity``: image–text similarity bundles, whose candidate texts have their own axis and so
+  cannot share Triton's batch axis: one ``IMAGE`` and its own ``TEXTS`` per request → ``SCORES``
+  (one per candidate, in order), ``LABEL`` and ``PREDICTION``, through the
+  :class:`~edgemm.runtime.predictor.Predictor` (preprocessing, artifact, postprocessing in one model).
 
 An :class:`~edgemm.errors.EdgemmError` in one request becomes that request's error response
 (``E_CODE: message Hint: ...``); other requests of the batch are unaffected.
@@ -40,22 +44,24 @@ from edgemm.errors import EdgemmError, InvalidInputError
 
 log = logging.getLogger("edgemm.triton")
 
-ROLES = ("preprocess", "model", "postprocess")
+ROLES = ("preprocess", "model", "postprocess", "similarity")
 BUNDLE_DIR = "bundle"
 # Raw-input tensor names of the preprocess model (and the ensemble), per modality.
 RAW_INPUTS = {"text": "TEXT", "image": "IMAGE", "audio": "AUDIO"}
 # Outputs of the postprocess model (and the ensemble).
 PREDICTION, LABEL, SCORE = "PREDICTION", "LABEL", "SCORE"
+# Inputs and per-candidate output of the similarity model.
+CANDIDATES, SCORES = "TEXTS", "SCORES"
 
 
 def model_class(role: str, pb_utils: ModuleType) -> type:
     """The ``TritonPythonModel`` class for ``role``, bound to Triton's ``pb_utils`` module.
 
     Args:
-        role: ``"preprocess"``, ``"model"`` or ``"postprocess"``.
+        role: ``"preprocess"``, ``"model"``, ``"postprocess"`` or ``"similarity"``.
         pb_utils: ``triton_python_backend_utils`` (or a stand-in in tests).
     """
-    classes = {"preprocess": _Preprocess, "model": _OnnxModel, "postprocess": _Postprocess}
+    classes = {"preprocess": _Preprocess, "model": _OnnxModel, "postprocess": _Postprocess, "similarity": _Similarity}
     if role not in classes:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     return type("TritonPythonModel", (classes[role],), {"pb_utils": pb_utils})
@@ -175,8 +181,8 @@ class _OnnxModel(_Base):
         artifact = self.manifest.artifact(self.params["artifact"])
         verify_hashes(self.root, self.manifest, artifact.files)
         device = self.params.get("device", "cpu")
-        if device == "auto":
-            device = "cuda" if args.get("model_instance_kind") == "GPU" and "cuda" in available_devices() else "cpu"
+        if device == "auto":  # the instance group is KIND_CPU (the Python stub); ONNX Runtime takes the GPU itself
+            device = "cuda" if "cuda" in available_devices() else "cpu"
         threads = int(self.params["threads"]) if self.params.get("threads") else None
         self.backend = OrtBackend(self.root / artifact.path, self.manifest.inputs, self.manifest.outputs,
                                   device=device, device_id=int(args.get("model_instance_device_id", 0) or 0),
@@ -264,3 +270,51 @@ class _Postprocess(_Base):
             except Exception as exc:
                 responses.append(self._error(exc))
         return responses
+
+
+class _Similarity(_Base):
+    """Image–text similarity: one image and its candidate texts per request, through the Predictor."""
+
+    def _setup(self, args: dict[str, str]) -> None:
+        from edgemm.runtime.predictor import Predictor
+
+        device = self.params.get("device", "cpu")  # "auto": the Predictor's chain (CUDA when there is one)
+        threads = int(self.params["threads"]) if self.params.get("threads") else None
+        self.predictor = Predictor.load(self.root, device=device, artifact=self.params.get("artifact") or None,
+                                        threads=threads)
+        log.info("edgemm similarity model %s: artifact %s on %s", args.get("model_name"),
+                 self.predictor.artifact.name, self.predictor.device)
+
+    def finalize(self) -> None:
+        self.predictor.close()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as exc:
+                responses.append(self._error(exc))
+        return responses
+
+    def _one(self, request: Any) -> Any:
+        image, texts = self._input(request, RAW_INPUTS["image"]), self._input(request, CANDIDATES)
+        if image is None or texts is None:
+            raise InvalidInputError("A similarity request needs IMAGE and TEXTS.",
+                                    hint="Send one image (IMAGE, BYTES [1]) and its candidate texts (TEXTS, BYTES [n]).")
+        images = [_item("image", v) for v in image.reshape(-1)]
+        if len(images) != 1 or images[0] is None:
+            raise InvalidInputError(f"IMAGE must hold exactly one image; it holds {len(images)} element(s).",
+                                    hint="Send one request per image.")
+        candidates = [_item("text", v) for v in texts.reshape(-1)]
+        if not candidates or any(c is None for c in candidates):
+            raise InvalidInputError("TEXTS must hold at least one candidate, and no empty one.")
+        prediction = self.predictor.predict(text=candidates, image=images[0])
+        scores = np.array([prediction.values[c] for c in candidates], dtype=np.float32)
+        best = candidates[int(np.argmax(scores))]
+        document = json.dumps(prediction.to_dict(), ensure_ascii=False).encode("utf-8")
+        return self.pb_utils.InferenceResponse(output_tensors=[
+            self.pb_utils.Tensor(PREDICTION, np.array([document], dtype=object)),
+            self.pb_utils.Tensor(LABEL, np.array([best.encode("utf-8")], dtype=object)),
+            self.pb_utils.Tensor(SCORES, scores),
+        ])

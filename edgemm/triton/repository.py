@@ -12,6 +12,10 @@ Layout (``N`` = the model name, ``V`` = the version, default 1)::
       N_<artifact>/V/model.plan    tensorrt backend (one per TensorRT plan artifact)
       N_<artifact>_python/V/       Python backend running the ensemble's ONNX artifact on ONNX Runtime
 
+An image–text similarity bundle (each image scored against its own candidate texts, so no shared
+batch axis) instead gets one Python-backend model ``N``: IMAGE (BYTES [1]) + TEXTS (BYTES [n]) →
+SCORES (FP32 [n]), LABEL, PREDICTION, running edgemm's Predictor on the whole bundle.
+
 Every Python model carries the bundle files it reads under ``V/bundle/`` (with the bundle's
 ``edgemm.json``) and hash-checks them at load; its ``model.py`` imports ``edgemm``, which must be
 pip-installed in the Triton server's Python (the base install is torch-free). Installing rather
@@ -49,7 +53,15 @@ from edgemm.triton.errors import (
     UnsupportedForTritonError,
 )
 from edgemm.triton.pbtxt import Enum, render, validate_config
-from edgemm.triton.python_models import BUNDLE_DIR, LABEL, PREDICTION, RAW_INPUTS, SCORE
+from edgemm.triton.python_models import (
+    BUNDLE_DIR,
+    CANDIDATES,
+    LABEL,
+    PREDICTION,
+    RAW_INPUTS,
+    SCORE,
+    SCORES,
+)
 
 log = logging.getLogger("edgemm.triton")
 
@@ -236,9 +248,16 @@ class _Plan:
         self.name = options.name or _sanitize(manifest.name)
         self.version = str(options.version)
         self.artifacts = self._select_artifacts()
-        self.batch_axis = self._batch_axis()
-        self.max_batch = self._max_batch()
-        self.preferred = self._preferred()
+        # Similarity bundles score each image against its own candidate texts: the texts have an
+        # axis of their own, so there is no shared batch axis and one Python model serves them.
+        self.similarity = manifest.task == "image_text_similarity"
+        if self.similarity:
+            self._check_similarity()
+            self.batch_axis, self.max_batch, self.preferred = "", 0, []
+        else:
+            self.batch_axis = self._batch_axis()
+            self.max_batch = self._max_batch()
+            self.preferred = self._preferred()
         self.golden = self._golden()
         self.report = RepositoryReport(repository=Path(), bundle=root, name=self.name, version=options.version,
                                        ensemble=self.name, python_ensemble=None)
@@ -267,13 +286,23 @@ class _Plan:
             chosen.sort(key=lambda a: (a.kind != "onnx", a.precision != "fp32"))
         return chosen
 
+    def _check_similarity(self) -> None:
+        primary = self.artifacts[0]
+        if primary.kind not in ONNX_KINDS:
+            raise UnsupportedArtifactError(
+                f"Similarity bundles run on Triton through edgemm's Predictor, which takes an ONNX artifact; "
+                f"{primary.name!r} is {primary.kind}.",
+                hint="Select an ONNX artifact with --artifact.")
+        if self.options.max_batch_size is not None or self.options.preferred_batch_sizes is not None:
+            raise UsageError("Similarity bundles are not batched by Triton (each request has its own candidate texts).",
+                             hint="Drop --max-batch-size / --preferred-batch-sizes.")
+
     def _batch_axis(self) -> str:
         axes = {t.shape[0] for t in [*self.manifest.inputs, *self.manifest.outputs] if t.shape}
         if len(axes) != 1 or not isinstance(next(iter(axes)), str):
             raise UnsupportedForTritonError(
                 f"Triton batches along one leading axis; this bundle's tensors lead with {sorted(map(str, axes))}.",
-                hint="Image–text similarity bundles (candidate texts on their own axis) are not supported by "
-                     "the Triton export yet; serve them with `edgemm serve`.")
+                hint="Serve this bundle with `edgemm serve`; Triton needs one shared batch axis.")
         for modality, info in self.manifest.modalities.items():
             if info.get("batch_axis", "batch") != "batch":
                 raise UnsupportedForTritonError(
@@ -369,17 +398,20 @@ class _Plan:
 
     def write(self, staging: Path) -> RepositoryReport:
         primary = self.artifacts[0]
-        model_names = {}
-        for art in self.artifacts:
-            model_names[art.name] = self._backend_model(staging, art)
-        pre = self._preprocess(staging)
-        post = self._postprocess(staging)
-        self._ensemble(staging, self.name, pre, model_names[primary.name], post)
-        if primary.kind in ONNX_KINDS:
-            python_model = self._python_model(staging, primary)
-            self.report.python_ensemble = f"{self.name}_python"
-            self._ensemble(staging, self.report.python_ensemble, pre, python_model, post)
-        self._check_ensembles()
+        if self.similarity:
+            self._similarity_model(staging, primary)
+        else:
+            model_names = {}
+            for art in self.artifacts:
+                model_names[art.name] = self._backend_model(staging, art)
+            pre = self._preprocess(staging)
+            post = self._postprocess(staging)
+            self._ensemble(staging, self.name, pre, model_names[primary.name], post)
+            if primary.kind in ONNX_KINDS:
+                python_model = self._python_model(staging, primary)
+                self.report.python_ensemble = f"{self.name}_python"
+                self._ensemble(staging, self.report.python_ensemble, pre, python_model, post)
+            self._check_ensembles()
         provenance = {
             "schema": "edgemm.triton/1",
             "created_by": {"edgemm": __version__},
@@ -525,7 +557,7 @@ class _Plan:
         self._bundle_subset(version_dir, list(art.files))
         (version_dir / "model.py").write_text(self._shim("model"), encoding="utf-8")
         label_output = self._label_output()
-        device = {"gpu": "auto", "auto": "auto", "cpu": "cpu"}[self.options.device]
+        device = self._python_device()
         config = {
             "name": name,
             "backend": "python",
@@ -548,6 +580,38 @@ class _Plan:
         self._save(model_dir, config, role="model (python backend, ONNX Runtime inside)", artifact=art.name,
                    backend="python")
         return name
+
+    def _similarity_model(self, staging: Path, art: Artifact) -> str:
+        """The one model of a similarity repository: IMAGE + TEXTS → SCORES, LABEL, PREDICTION."""
+        model_dir = self._model_dir(staging, self.name)
+        version_dir = model_dir / self.version
+        # The Predictor checks the whole bundle's structure, so the whole bundle goes along.
+        self._bundle_subset(version_dir, [entry.path for entry in self.manifest.files])
+        (version_dir / "model.py").write_text(self._shim("similarity"), encoding="utf-8")
+        config = {
+            "name": self.name,
+            "backend": "python",
+            "max_batch_size": 0,
+            "input": [{"name": RAW_INPUTS["image"], "data_type": Enum("TYPE_STRING"), "dims": [1]},
+                      {"name": CANDIDATES, "data_type": Enum("TYPE_STRING"), "dims": [-1]}],
+            "output": [{"name": SCORES, "data_type": Enum("TYPE_FP32"), "dims": [-1]},
+                       {"name": LABEL, "data_type": Enum("TYPE_STRING"), "dims": [1]},
+                       {"name": PREDICTION, "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+            "instance_group": self._instance_group("cpu"),
+            "parameters": [
+                {"key": "artifact", "value": {"string_value": art.name}},
+                {"key": "device", "value": {"string_value": self._python_device()}},
+                {"key": "threads", "value": {"string_value": str(self.options.threads or "")}},
+            ],
+            "version_policy": {"latest": {"num_versions": 1}},
+        }
+        self._save(model_dir, config, role="similarity (python backend, edgemm Predictor inside)", artifact=art.name,
+                   backend="python")
+        return self.name
+
+    def _python_device(self) -> str:
+        """Device parameter of Python models: ONNX Runtime inside picks CUDA itself unless told cpu."""
+        return "cpu" if self.options.device == "cpu" else "auto"
 
     def _shim(self, role: str) -> str:
         return _SHIM.format(role=role, bundle=self.manifest.name, version=__version__)
