@@ -116,7 +116,23 @@ class _Base:
         return arrays
 
 
-class _Preprocess(_Base):
+class _PerRequest(_Base):
+    """Roles that answer each request on its own (``_one``), so each gets its own error."""
+
+    def _one(self, request: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as exc:
+                responses.append(self._error(exc))
+        return responses
+
+
+class _Preprocess(_PerRequest):
     """Raw bytes → model feed, one request at a time (each request gets its own error)."""
 
     def _setup(self, args: dict[str, str]) -> None:
@@ -127,15 +143,6 @@ class _Preprocess(_Base):
         pad = self.params.get("text_pad_to", "")
         self.text_pad_to = int(pad) if pad else None
         self.outputs = [o["name"] for o in self.model_config["output"]]
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:
-                responses.append(self._error(exc))
-        return responses
 
     def _one(self, request: Any) -> Any:
         batch: dict[str, list[Any]] = {}
@@ -272,7 +279,7 @@ class _Postprocess(_Base):
         return responses
 
 
-class _Similarity(_Base):
+class _Similarity(_PerRequest):
     """Image–text similarity: one image and its candidate texts per request, through the Predictor."""
 
     def _setup(self, args: dict[str, str]) -> None:
@@ -287,15 +294,6 @@ class _Similarity(_Base):
 
     def finalize(self) -> None:
         self.predictor.close()
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:
-                responses.append(self._error(exc))
-        return responses
 
     def _one(self, request: Any) -> Any:
         image, texts = self._input(request, RAW_INPUTS["image"]), self._input(request, CANDIDATES)
