@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgemm.bundle.manifest import Manifest
-from edgemm.errors import BackendUnavailableError, UsageError
+from edgemm.errors import BackendUnavailableError, EdgemmError, UsageError
 
 log = logging.getLogger("edgemm.bench")
 
@@ -77,7 +77,15 @@ class IOBindingContender:
         # End to end (preprocessing included) goes through the ordinary Predictor on the device.
         self.predictor = Predictor.load(bundle, device=device, artifact=artifact, threads=threads)
         # Probe with the golden feed so a refused graph capture shows in the name before timing.
-        self.native(load_golden(bundle, manifest).feed)
+        try:
+            self.native(load_golden(bundle, manifest).feed)
+        except EdgemmError:
+            raise
+        except Exception as exc:
+            self.predictor.close()
+            raise BackendUnavailableError(
+                f"Artifact {art.name!r} does not run with IO binding on {device}: {str(exc).strip().splitlines()[0][:300]}",
+                hint="Benchmark it without the IO-binding path (--device cpu), or export for this device.") from exc
         self.name = f"edgemm:{art.name}+iobinding" + ("+cudagraph" if self.cuda_graphs else "")
 
     # -- sessions ---------------------------------------------------------------------------
