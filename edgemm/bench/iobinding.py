@@ -23,10 +23,15 @@ import numpy as np
 
 from edgemm.bundle.manifest import Manifest
 from edgemm.errors import BackendUnavailableError, EdgemmError, UsageError
+from edgemm.runtime.backends.onnxruntime import PROVIDERS
 
 log = logging.getLogger("edgemm.bench")
 
-_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+DEVICES = ("cpu", "cuda")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 @dataclass
@@ -56,9 +61,9 @@ class IOBindingContender:
         from edgemm.runtime.golden import load_golden
         from edgemm.runtime.predictor import Predictor
 
-        if device not in _PROVIDERS:
+        if device not in DEVICES:
             raise UsageError(f"IO binding runs on cpu or cuda, not {device!r}.")
-        if _PROVIDERS[device] not in ort.get_available_providers():
+        if PROVIDERS[device] not in ort.get_available_providers():
             raise BackendUnavailableError("The CUDA benchmark path needs onnxruntime-gpu.",
                                           hint="pip uninstall onnxruntime && pip install 'edgemm[gpu]'")
         self._ort = ort
@@ -72,7 +77,7 @@ class IOBindingContender:
         self.precision = art.precision
         self.output = manifest.postprocessing.get("output", manifest.outputs[0].name)
         self._shapes: dict[tuple[tuple[str, int], ...], BoundShape] = {}
-        self.info: dict[str, Any] = {"artifact": art.name, "runtime": f"onnxruntime {_PROVIDERS[device]}",
+        self.info: dict[str, Any] = {"artifact": art.name, "runtime": f"onnxruntime {PROVIDERS[device]}",
                                      "io_binding": True, "cuda_graphs": self.cuda_graphs, "fixed_shape_sessions": 0}
         # End to end (preprocessing included) goes through the ordinary Predictor on the device.
         self.predictor = Predictor.load(bundle, device=device, artifact=artifact, threads=threads)
@@ -84,7 +89,7 @@ class IOBindingContender:
         except Exception as exc:
             self.predictor.close()
             raise BackendUnavailableError(
-                f"Artifact {art.name!r} does not run with IO binding on {device}: {str(exc).strip().splitlines()[0][:300]}",
+                f"Artifact {art.name!r} does not run with IO binding on {device}: {_first_line(exc)}",
                 hint="Benchmark it without the IO-binding path (--device cpu), or export for this device.") from exc
         self.name = f"edgemm:{art.name}+iobinding" + ("+cudagraph" if self.cuda_graphs else "")
 
@@ -109,12 +114,12 @@ class IOBindingContender:
 
     def _bind(self, sizes: dict[str, int], feed: dict[str, np.ndarray], graphs: bool) -> BoundShape:
         ort = self._ort
-        provider: tuple[str, dict[str, str]] | str = _PROVIDERS[self.device]
+        provider: tuple[str, dict[str, str]] | str = PROVIDERS[self.device]
         if self.device == "cuda":
             provider = ("CUDAExecutionProvider", {"device_id": str(self.device_id), "enable_cuda_graph": str(int(graphs))})
         providers = [provider, "CPUExecutionProvider"] if self.device == "cuda" else [provider]
         session = ort.InferenceSession(str(self.path), self._options(sizes), providers=providers)
-        if session.get_providers()[0] != _PROVIDERS[self.device]:
+        if session.get_providers()[0] != PROVIDERS[self.device]:
             raise BackendUnavailableError("ONNX Runtime placed the CUDA benchmark session on the CPU.",
                                           hint="Check the CUDA / cuDNN libraries onnxruntime-gpu needs.")
         binding = session.io_binding()
@@ -145,7 +150,7 @@ class IOBindingContender:
                 if not self.cuda_graphs:
                     raise
                 # Typically a node ONNX Runtime keeps on the CPU: no capture possible for this graph.
-                reason = str(exc).strip().splitlines()[0][:300]
+                reason = _first_line(exc)
                 log.warning("CUDA graph capture refused (%s); timing with IO binding only", reason)
                 self.cuda_graphs = False
                 self.info.update(cuda_graphs=False, cuda_graph_refused=reason)

@@ -106,7 +106,7 @@ def scaled_softmax_as_div(model: Any) -> int:
             del node.input[:]
             node.input.extend([q[0], k[0]])
             node.output[0] = unscaled
-            index = next(i for i, n in enumerate(model.graph.node) if n is node)
+            index = next(i for i, n in enumerate(model.graph.node) if unscaled in n.output)
             model.graph.node.insert(index + 1, div)
             rewritten += 1
     return rewritten
