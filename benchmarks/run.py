@@ -80,7 +80,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     from edgemm.export.pipeline import ExportOptions, export_bundle
-    from edgemm.export.recipes import load_recipe
+    from edgemm.recipes import load_recipe
 
     build = suite["build"]
     checkpoint = build_reference(args.work) if build["model"] == "reference" else build_large_fusion(args.work)

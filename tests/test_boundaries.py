@@ -78,7 +78,7 @@ def test_importing_edgemm_is_cheap():
 
 
 def test_every_registered_family_is_exported_by_a_test():
-    from edgemm.models.spec import families
+    from edgemm.models.specs import families
 
     exercised = {
         "fusion": "tests/models/test_fusion_export.py",

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.compare import Tolerance, predicted_classes, top1_agreement
 from edgemm.data.evalset import EvalSet
-from edgemm.data.metrics import classification_metrics, predicted_classes, top1_agreement
+from edgemm.data.metrics import classification_metrics
 
 
 def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> list[dict[str, Any]]:
@@ -30,7 +31,8 @@ def accuracy_drift(contenders: list[Any], evalset: EvalSet, reference: Any) -> l
             "contender": c.name,
             **metrics,
             "drop_points": 100.0 * (reference_metrics["accuracy"] - metrics["accuracy"]),
-            "top1_agreement": top1_agreement(logits, ref_logits),
+            # Near-ties within the contender's precision tolerance are not disagreements.
+            "top1_agreement": top1_agreement(logits, ref_logits, Tolerance.for_precision(c.precision)),
             "max_abs_diff": float(np.abs(logits - ref_logits).max()),
             "nonfinite": int((~np.isfinite(logits)).sum()),
             "samples": len(evalset),
@@ -43,5 +45,6 @@ def golden_evalset(bundle: Any, manifest: Any) -> EvalSet:
     from edgemm.runtime.golden import load_golden
 
     golden = load_golden(bundle, manifest)
-    output = manifest.postprocessing.get("output", manifest.outputs[0].name)
+    output = manifest.primary_output
     return EvalSet(feeds=[golden.feed], labels=predicted_classes(golden.expected[output]), source={"data": "golden set", "labels": "fp32 predictions"})
+

@@ -162,7 +162,7 @@ def _check_request(config: BenchConfig, manifest: Manifest) -> None:
 def _artifacts(config: BenchConfig, manifest: Manifest) -> list[str]:
     provider = "CUDAExecutionProvider" if config.device == "cuda" else "CPUExecutionProvider"
     runnable = [a.name for a in manifest.artifacts if a.kind == "onnx" and provider in a.providers
-                and a.validation.get("gate", {}).get("passed", True) is not False]
+                and not a.gate_failed]
     if not config.artifacts:
         if not runnable:
             raise BackendUnavailableError(f"No artifact of this bundle runs on {config.device}.",
@@ -266,7 +266,7 @@ def _input_maker(bundle: Path, manifest: Manifest, *, evalset_records: list[Any]
     def make(batch: int, seq: int | None) -> tuple[dict[str, list[Any]], dict[str, np.ndarray]]:
         chosen = list(itertools.islice(itertools.cycle(rows), batch))
         raw = {m: [row.get(m) for row in chosen] for m in manifest.modalities}
-        raw = {m: items for m, items in raw.items() if any(x is not None for x in items) or manifest.modalities[m].get("required", True)}
+        raw = {m: items for m, items in raw.items() if any(x is not None for x in items) or manifest.modality(m).required}
         return raw, preprocessor(raw, text_pad_to=seq)
 
     return make

@@ -48,10 +48,10 @@ class EdgemmContender:
         self.name = f"edgemm:{art.name}"
         self.precision = art.precision
         self.device = self.predictor.device
-        self.output = self.predictor.manifest.postprocessing.get("output", self.predictor.manifest.outputs[0].name)
+        self.output = self.predictor.manifest.primary_output
         self.info = {"load_s": time.perf_counter() - start, "artifact": art.name, "runtime": "onnxruntime",
                      "providers": self.predictor.backend.providers, "threads": self.predictor.backend.threads,
-                     "graph_optimized": bool(art.requirements.get("graph_optimized")),
+                     "graph_optimized": art.graph_optimized,
                      "degraded": self.predictor.degraded}
 
     def e2e(self, raw: dict[str, list[Any]]) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgemm.bundle.manifest import Manifest
 from edgemm.errors import BackendUnavailableError, EdgemmError, UsageError
-from edgemm.runtime.backends.onnxruntime import PROVIDERS
+from edgemm.runtime.sessions import PROVIDERS, create_session
 
 log = logging.getLogger("edgemm.bench")
 
@@ -75,7 +75,7 @@ class IOBindingContender:
         self.threads = threads
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.precision = art.precision
-        self.output = manifest.postprocessing.get("output", manifest.outputs[0].name)
+        self.output = manifest.primary_output
         self._shapes: dict[tuple[tuple[str, int], ...], BoundShape] = {}
         self.info: dict[str, Any] = {"artifact": art.name, "runtime": f"onnxruntime {PROVIDERS[device]}",
                                      "io_binding": True, "cuda_graphs": self.cuda_graphs, "fixed_shape_sessions": 0}
@@ -103,22 +103,10 @@ class IOBindingContender:
                     sizes[dim] = int(size)
         return sizes
 
-    def _options(self, sizes: dict[str, int]) -> Any:
-        options = self._ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        for axis, size in sizes.items():
-            options.add_free_dimension_override_by_name(axis, size)
-        return options
-
     def _bind(self, sizes: dict[str, int], feed: dict[str, np.ndarray], graphs: bool) -> BoundShape:
         ort = self._ort
-        provider: tuple[str, dict[str, str]] | str = PROVIDERS[self.device]
-        if self.device == "cuda":
-            provider = ("CUDAExecutionProvider", {"device_id": str(self.device_id), "enable_cuda_graph": str(int(graphs))})
-        providers = [provider, "CPUExecutionProvider"] if self.device == "cuda" else [provider]
-        session = ort.InferenceSession(str(self.path), self._options(sizes), providers=providers)
+        session = create_session(self.path, device=self.device, device_id=self.device_id, threads=self.threads,
+                                 free_dims=sizes, cuda_graph=graphs)
         if session.get_providers()[0] != PROVIDERS[self.device]:
             raise BackendUnavailableError("ONNX Runtime placed the CUDA benchmark session on the CPU.",
                                           hint="Check the CUDA / cuDNN libraries onnxruntime-gpu needs.")

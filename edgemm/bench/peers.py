@@ -24,6 +24,7 @@ import numpy as np
 from edgemm._deps import require
 from edgemm.errors import InputPathError, UsageError
 from edgemm.runtime.postprocess import softmax
+from edgemm.runtime.sessions import session_options as ort_session_options
 
 PEERS = ("torch-eager", "torch-eager-fp16", "torch-compile", "optimum")
 
@@ -174,12 +175,7 @@ class OptimumPipeline:
             shutil.copyfile(bundle / rel, self._dir / Path(rel).name)
         PretrainedConfig().save_pretrained(self._dir)
         provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-        session_options = None
-        if threads:
-            import onnxruntime
-
-            session_options = onnxruntime.SessionOptions()
-            session_options.intra_op_num_threads = threads
+        session_options = ort_session_options(threads=threads) if threads else None
         self.ort_model = ORTModelForCustomTasks.from_pretrained(
             self._dir, file_name=Path(fp32.path).name, provider=provider, session_options=session_options,
             local_files_only=True)
@@ -189,7 +185,7 @@ class OptimumPipeline:
         config = FusionConfig.load(Path(checkpoint))
         self.preprocess = HFPreprocessing(Processors.load(Path(checkpoint), config), config,
                                           [t.name for t in manifest.inputs])
-        self.output = manifest.postprocessing.get("output", manifest.outputs[0].name)
+        self.output = manifest.primary_output
         self.device = device
         self.info = {"runtime": "optimum ORTModelForCustomTasks", "provider": provider,
                      "load_s": time.perf_counter() - start}

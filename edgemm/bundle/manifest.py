@@ -12,6 +12,7 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgemm.bundle.compare import Tolerance
 from edgemm.errors import BundleError
 
 SCHEMA = "edgemm.bundle/1"
@@ -30,6 +31,10 @@ TASKS = (
     "embedding",
 )
 MODALITIES = ("text", "image", "audio")
+# Tasks whose primary output holds one score per class, so "the predicted class" (top-1) of each
+# row is meaningful and compared (parity, golden set, gate). Multi-label, matching, regression
+# and embedding outputs are compared elementwise only.
+CLASSIFYING_TASKS = ("classification", "zero_shot_classification", "image_text_similarity")
 # A serialized TensorRT engine; its ``requirements`` are the compatibility record checked before
 # deserialization (see edgemm.runtime.trt_compat).
 ENGINE_KIND = "tensorrt"
@@ -65,6 +70,41 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class ModalitySpec:
+    """What a modality means to the graph (the manifest's ``modalities`` entries, typed).
+
+    Attributes:
+        required: A request must carry it (else a presence flag tells the graph it is absent).
+        inputs: The graph inputs this modality's preprocessing fills.
+        presence_input: The graph input that flags present rows (optional modalities), or None.
+        batch_axis: The axis its rows run along (``batch``; CLIP candidate texts: ``text_batch``).
+    """
+
+    required: bool = True
+    inputs: tuple[str, ...] = ()
+    presence_input: str | None = None
+    batch_axis: str = "batch"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModalitySpec:
+        """Read one ``modalities`` entry (missing keys take the defaults above)."""
+        return cls(required=bool(data.get("required", True)), inputs=tuple(data.get("inputs", ())),
+                   presence_input=data.get("presence_input"), batch_axis=str(data.get("batch_axis", "batch")))
+
+
+def primary_output(postprocessing: dict[str, Any], outputs: list[TensorSpec]) -> str:
+    """The one rule for "which output holds the logits / scores": the output postprocessing
+    names, else the graph's first output."""
+    named = postprocessing.get("output")
+    return str(named) if named else outputs[0].name
+
+
+def classifying_outputs(task: str, primary: str) -> set[str]:
+    """The one rule for "which outputs classify": the primary output of a classifying task."""
+    return {primary} if task in CLASSIFYING_TASKS else set()
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A runnable model file (plus companions such as ONNX external data) and its measurements."""
 
@@ -77,6 +117,38 @@ class Artifact:
     quantization: dict[str, Any] | None = None
     requirements: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def graph_optimized(self) -> bool:
+        """Whether this ONNX graph carries ONNX Runtime's fused (contrib) operators."""
+        return bool(self.requirements.get("graph_optimized"))
+
+    @property
+    def gate(self) -> dict[str, Any] | None:
+        """The accuracy gate's record for this artifact (None: it was not gated, e.g. FP32)."""
+        gate = self.validation.get("gate")
+        return gate if isinstance(gate, dict) else None
+
+    @property
+    def gate_failed(self) -> bool:
+        """True only when a gate ran and refused this artifact (such artifacts never run)."""
+        return self.gate is not None and self.gate.get("passed", True) is False
+
+    @property
+    def built_with(self) -> dict[str, Any]:
+        """A TensorRT engine's build record (empty for ONNX artifacts)."""
+        record = self.requirements.get("built_with")
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def source_artifact(self) -> str:
+        """The ONNX artifact an engine was built from (an ONNX artifact is its own source)."""
+        return str(self.built_with.get("source_artifact", self.name))
+
+    @property
+    def quantization_method(self) -> str:
+        """How the weights were quantized (``int8-static-qdq``, ``int8-dynamic`` …), or ``""``."""
+        return str((self.quantization or {}).get("method", ""))
 
 
 @dataclass
@@ -109,6 +181,42 @@ class Manifest:
         valid = ", ".join(a.name for a in self.artifacts)
         raise BundleError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
 
+    @property
+    def primary_output(self) -> str:
+        """The output that holds the logits / scores (see :func:`primary_output`)."""
+        return primary_output(self.postprocessing, self.outputs)
+
+    @property
+    def classifying_outputs(self) -> set[str]:
+        """Outputs whose top-1 is compared (see :func:`classifying_outputs`)."""
+        return classifying_outputs(self.task, self.primary_output)
+
+    def modality(self, name: str) -> ModalitySpec:
+        """The typed entry of modality ``name``; raises BundleError if the bundle has no such modality."""
+        if name not in self.modalities:
+            raise BundleError(f"The bundle has no modality {name!r}.", hint=f"It takes: {', '.join(self.modalities)}.")
+        return ModalitySpec.from_dict(self.modalities[name])
+
+    def modality_specs(self) -> dict[str, ModalitySpec]:
+        """Every modality's typed entry, in manifest order."""
+        return {name: ModalitySpec.from_dict(info) for name, info in self.modalities.items()}
+
+    def tolerance(self, artifact: Artifact | str) -> Tolerance:
+        """How far ``artifact`` may drift from its recorded outputs: its own recorded tolerance,
+        else the bundle's parity tolerance, else the rule for its precision."""
+        art = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        table = art.validation.get("tolerance") or self.validation.get("tolerance")
+        return Tolerance.from_dict(table) if isinstance(table, dict) else Tolerance.for_precision(art.precision)
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the graph was verified at (the ``batch`` profile's max), or None."""
+        for spec in self.inputs:
+            bounds = spec.profile.get("batch")
+            if bounds:
+                return int(bounds[-1])
+        return None
+
     def asset_paths(self) -> list[str]:
         """Bundle files the preprocessing reads (e.g. ``text/tokenizer.json``)."""
         listed = {f.path for f in self.files}
@@ -117,7 +225,7 @@ class Manifest:
 
     def required_modalities(self) -> list[str]:
         """Modalities a request must carry."""
-        return [m for m, info in self.modalities.items() if info.get("required", True)]
+        return [m for m, spec in self.modality_specs().items() if spec.required]
 
     # -- (de)serialisation ----------------------------------------------------------------
 

@@ -82,18 +82,16 @@ def build_engine(bundle: Path, recipe: str | None, artifacts: tuple[str, ...], n
     --emit-trtexec prints the equivalent trtexec command instead and works without TensorRT.
     """
     from edgemm.bundle.verify import verify_bundle
+    from edgemm.recipes import TensorRTSection, load_recipe
     from edgemm.runtime.trt_compat import parse_l4t_release, tensorrt_version
     from edgemm.tensorrt.bundle_engines import add_engines, requests_from_recipe
     from edgemm.tensorrt.profiles import parse_profile_option
 
     manifest = verify_bundle(bundle, check_hashes=False)
-    table: dict[str, Any] = {}
-    recipe_workspace = None
+    table, recipe_workspace = TensorRTSection(), None
     if recipe:
-        from edgemm.export.recipes import load_recipe
-
         loaded = load_recipe(recipe)
-        table, recipe_workspace = loaded.tensorrt, loaded.limits.get("workspace_mb")
+        table, recipe_workspace = loaded.tensorrt, loaded.limits.workspace_mb
     overrides = {
         "artifacts": list(artifacts) or None,
         "precisions": [precision] if precision and not artifacts else None,

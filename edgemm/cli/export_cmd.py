@@ -58,7 +58,7 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle verified.
     """
     from edgemm.export.pipeline import ExportOptions, export_bundle
-    from edgemm.export.recipes import load_recipe
+    from edgemm.recipes import load_recipe
 
     recipe = load_recipe(target)
     options = ExportOptions(
@@ -79,10 +79,8 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     triton_repo = None
     if recipe.triton is not None:  # --target triton: the bundle plus a model repository beside it
         from edgemm.triton import write_repository
-        from edgemm.triton.recipe import options_from_recipe
 
-        triton_repo = write_repository(report.bundle, Path(str(output) + ".triton"),
-                                       options_from_recipe(recipe.triton, recipe=recipe.name, force=force))
+        triton_repo = write_repository(report.bundle, Path(str(output) + ".triton"), recipe.triton, force=force)
     if as_json:
         emit_json({"ok": True, **report.to_dict(), "triton": triton_repo.to_dict() if triton_repo else None})
         return

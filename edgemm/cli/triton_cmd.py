@@ -59,9 +59,9 @@ def triton(bundle: Path, out: Path, name: str | None, artifacts: tuple[str, ...]
         name=name, artifacts=artifacts, version=model_version, device=device, instances=instances,
         max_batch_size=max_batch_size, preferred_batch_sizes=_sizes(preferred_batch_sizes),
         queue_delay_us=queue_delay_us, ort_ep=ort_ep, threads=threads, text_padding=text_padding,
-        warmup=not no_warmup, force=force,
+        warmup=not no_warmup,
     )
-    report = write_repository(bundle, out, options)
+    report = write_repository(bundle, out, options, force=force)
     if as_json:
         emit_json({"ok": True, **report.to_dict()})
         return

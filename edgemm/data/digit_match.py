@@ -19,13 +19,13 @@ import argparse
 import json
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgemm.data.dataset import SPLITS, Dataset, load_dataset
+from edgemm.staging import staged_directory
 
 LABELS = ["no_match", "match"]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -98,9 +98,7 @@ def generate(out: Path, config: DigitMatchConfig = DigitMatchConfig()) -> Path:
         raise MissingDependencyError("Spoken answers need espeak-ng.", hint="apt-get install espeak-ng, or generate without audio.")
     digits = load_digits()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_directory(out, replace=True) as staging:
         (staging / "images").mkdir()
         if with_audio:
             (staging / "audio").mkdir()
@@ -130,12 +128,6 @@ def generate(out: Path, config: DigitMatchConfig = DigitMatchConfig()) -> Path:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         (staging / "README.md").write_text(__doc__ or "", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# One definition of "the predicted class" and of (tie-aware) agreement, shared with parity.
+from edgemm.bundle.compare import predicted_classes, top1_agreement
+
+__all__ = ["accuracy", "classification_metrics", "macro_f1", "predicted_classes", "top1_agreement"]
+
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Fraction of exact matches."""
@@ -23,19 +28,6 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
             continue
         scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
-
-
-def predicted_classes(logits: np.ndarray) -> np.ndarray:
-    """Class indices from logits ``[N, C]``, or from ``[N, 1]`` match logits (positive = 1)."""
-    logits = np.asarray(logits)
-    if logits.ndim == 2 and logits.shape[1] > 1:
-        return logits.argmax(-1)
-    return (logits.reshape(len(logits), -1)[:, 0] > 0).astype(np.int64)
-
-
-def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
-    """Fraction of rows whose predicted class matches the reference's."""
-    return float((predicted_classes(logits) == predicted_classes(reference)).mean())
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:

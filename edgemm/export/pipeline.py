@@ -22,20 +22,21 @@ import numpy as np
 
 import edgemm
 from edgemm._deps import require
+from edgemm.bundle.compare import OutputComparison, Tolerance, compare_all, summarize
 from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle
 from edgemm.bundle.writer import write_manifest
 from edgemm.errors import BundleExistsError, ParityError, UsageError
 from edgemm.export.onnx_export import EXTERNAL_DATA_THRESHOLD, OrderedIO, onnx_from_torch, to_torch
-from edgemm.export.recipes import Recipe, load_recipe
 from edgemm.export.samples import case_feed, raw_batch
 from edgemm.export.sources import load_source
 from edgemm.models.spec import ExportSpec, ShapeCase
+from edgemm.recipes import Recipe, load_recipe
 from edgemm.runtime.backends.onnxruntime import OrtBackend
-from edgemm.runtime.compare import OutputComparison, Tolerance, compare_all, summarize
 from edgemm.runtime.golden import check_golden
 from edgemm.runtime.preprocess.pipeline import Preprocessor
+from edgemm.staging import staged_directory
 
 log = logging.getLogger("edgemm.export")
 
@@ -47,7 +48,12 @@ MIN_CALIBRATION_RECORDS = 16
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """Options of one export (CLI flags and recipe values end up here)."""
+    """Options of one export.
+
+    ``exporter``, ``opset``, ``tolerance``, ``budget_points`` and ``calibration_method`` override
+    the recipe's values; :func:`export_bundle` applies them to the recipe once
+    (:meth:`Recipe.override`), and everything downstream reads only the recipe.
+    """
 
     recipe: Recipe | None = None
     exporter: str | None = None
@@ -104,11 +110,6 @@ def run_torch(module: Any, spec: ExportSpec, feed: dict[str, np.ndarray]) -> dic
     return {t.name: out.detach().cpu().numpy() for t, out in zip(spec.outputs, outputs)}
 
 
-def _classify_outputs(spec: ExportSpec) -> set[str]:
-    out = spec.postprocessing.get("output")
-    return {out} if out and spec.task in ("classification", "zero_shot_classification", "image_text_similarity") else set()
-
-
 # -- the pipeline -----------------------------------------------------------------------------
 
 
@@ -137,41 +138,36 @@ def export_bundle(
         EdgemmError: Any other user-facing failure; nothing is left at ``output``.
     """
     options = options or ExportOptions()
-    recipe = options.recipe or load_recipe("default")
+    recipe = (options.recipe or load_recipe("default")).override(
+        exporter=options.exporter, opset=options.opset, tolerance=options.tolerance,
+        budget=options.budget_points, calibration=options.calibration_method)
     for module in ("torch", "transformers", "onnx", "onnxscript"):
         require(module, purpose="exporting a model")
     output = Path(output)
+    exists = BundleExistsError(f"{output} already exists.", hint="Choose another --output or pass --force to replace it.")
     if output.exists() and not options.force:
-        raise BundleExistsError(f"{output} already exists.", hint="Choose another --output or pass --force to replace it.")
+        raise exists
     timings: dict[str, float] = {}
     start = time.perf_counter()
     loaded = load_source(source, spec_ref, options)
-    spec = _apply_recipe(loaded.spec, recipe, options)
+    spec = _apply_recipe(loaded.spec, recipe)
     timings["load"] = time.perf_counter() - start
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgemm-export-") as work:
-            manifest, parity = _build(loaded.module, spec, loaded.source, staging, Path(work), recipe, options, timings)
-        _publish(staging, output, force=options.force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_directory(output, replace=options.force, exists_error=exists) as staging, \
+            tempfile.TemporaryDirectory(prefix="edgemm-export-") as work:
+        manifest, parity = _build(loaded.module, spec, loaded.source, staging, Path(work), recipe, options, timings)
     timings["total"] = time.perf_counter() - start
     return ExportReport(bundle=output, manifest=manifest, parity=parity, timings={k: round(v, 3) for k, v in timings.items()})
 
 
-def _apply_recipe(spec: ExportSpec, recipe: Recipe, options: ExportOptions) -> ExportSpec:
-    """Recipe values (opset, tolerance, profile limits), overridden by explicit options."""
+def _apply_recipe(spec: ExportSpec, recipe: Recipe) -> ExportSpec:
+    """The recipe's opset, parity tolerance and axis limits applied to the model's spec."""
     changes: dict[str, Any] = {}
-    opset = options.opset or recipe.opset
-    if opset is not None:
-        changes["opset"] = opset
-    tolerance = options.tolerance or recipe.tolerance
-    if tolerance is not None:
-        changes["tolerance"] = tolerance
-    limits = {"batch": recipe.limits.get("max_batch"), "seq": recipe.limits.get("max_seq")}
+    if recipe.export.opset is not None:
+        changes["opset"] = recipe.export.opset
+    if recipe.parity is not None:
+        changes["tolerance"] = recipe.parity
+    limits = {"batch": recipe.limits.max_batch, "seq": recipe.limits.max_seq}
     ranges = dict(spec.axis_ranges)
     for axis, limit in limits.items():
         if limit and axis in ranges:
@@ -199,9 +195,8 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
 
     t = time.perf_counter()
     feeds = {case.name: case_feed(spec, case, staging) for case in _unique_cases(spec)}
-    exporter = options.exporter or recipe.exporter
     exported = onnx_from_torch(module, spec, feeds[spec.export_case.name], staging / FP32_PATH,
-                               exporter=exporter, external_data_threshold=options.external_data_threshold)
+                               exporter=recipe.export.exporter, external_data_threshold=options.external_data_threshold)
     timings["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -213,7 +208,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         results: list[OutputComparison] = []
         for case in spec.parity_cases:
             results.extend(compare_all(case.name, references[case.name], backend.run(feeds[case.name]),
-                                       spec.tolerance, classify_outputs=_classify_outputs(spec)))
+                                       spec.tolerance, classify_outputs=spec.classifying_outputs))
         backend.deactivate()
         return summarize(results), [r for r in results if not r.passed]
 
@@ -233,7 +228,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
 
     bases = {"plain": exported.path}
     base_info: dict[str, dict[str, Any]] = {}
-    if recipe.optimize_graph:
+    if recipe.optimize.graph:
         from edgemm.optimize.graph import optimize_graph
 
         t = time.perf_counter()
@@ -259,7 +254,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
             golden.artifacts[art.name] = backend.run(golden.feed)
         if art.name != "fp32":
             # Variants are checked against their own outputs, with room for their precision.
-            art.validation.setdefault("tolerance", _variant_tolerance(art).to_dict())
+            art.validation.setdefault("tolerance", Tolerance.for_precision(art.precision).to_dict())
     golden.save(staging / GOLDEN_FILE)
 
     manifest = Manifest(
@@ -289,7 +284,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     for art in artifacts:
         check_golden(staging, verified, art.name)
     timings["verify"] = time.perf_counter() - t
-    if recipe.tensorrt.get("build") and engine_skip is None:
+    if recipe.tensorrt.build and engine_skip is None:
         t = time.perf_counter()
         verified = _build_engines(staging, verified, recipe)
         timings["tensorrt"] = time.perf_counter() - t
@@ -298,7 +293,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
 
 def _engine_skip_reason(recipe: Recipe) -> str | None:
     """Why this export does not build the recipe's TensorRT engines (None: it does). Never a fake engine."""
-    if not recipe.tensorrt.get("build"):
+    if not recipe.tensorrt.build:
         return None
     from edgemm.runtime.trt_compat import probe_host
 
@@ -306,7 +301,7 @@ def _engine_skip_reason(recipe: Recipe) -> str | None:
     later = f"build them on the device: edgemm build-engine BUNDLE --target {recipe.name}"
     if host.tensorrt is None or host.compute_capability is None:
         return f"{'; '.join(host.problems) or 'TensorRT or a CUDA GPU is missing'} on the export machine; {later}"
-    device = recipe.tensorrt.get("device", "any")
+    device = recipe.tensorrt.device
     if device == "jetson" and not host.is_jetson:
         return f"engines are device-specific and this recipe targets a Jetson, but this machine is not one; {later}"
     if device == "desktop" and host.is_jetson:
@@ -322,7 +317,7 @@ def _build_engines(staging: Path, manifest: Manifest, recipe: Recipe) -> Manifes
 
     try:
         requests = requests_from_recipe(recipe.tensorrt, manifest, str(import_tensorrt().__version__),
-                                        workspace_mb=recipe.limits.get("workspace_mb"))
+                                        workspace_mb=recipe.limits.workspace_mb)
         reports = add_engines(staging, requests, in_place=True)
         manifest = verify_bundle(staging)
         manifest.validation["tensorrt"] = {"built": reports}
@@ -349,15 +344,6 @@ def _raise_on_mismatch(what: str, failures: list[OutputComparison], parity: dict
         )
 
 
-def _variant_tolerance(artifact: Artifact) -> Tolerance:
-    """Golden re-run tolerance of a reduced-precision artifact against its own export-time outputs."""
-    if artifact.precision == "fp16":
-        return Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.75)
-    if artifact.precision in ("int8", "mixed"):
-        return Tolerance(atol=1e-1, rtol=1e-1, min_cosine=0.99, min_top1=0.75)
-    return Tolerance(atol=1e-4, rtol=1e-3)
-
-
 def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: dict[str, Path],
               base_info: dict[str, dict[str, Any]], recipe: Recipe, options: ExportOptions,
               validation: dict[str, Any], parity_check: Any) -> list[Artifact]:
@@ -373,9 +359,10 @@ def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: di
     dataset.check_labels(spec.labels)
     test = dataset.require_split("test", minimum=MIN_EVAL_RECORDS, purpose="the accuracy gate")
     calibration = dataset.require_split("calibration", minimum=MIN_CALIBRATION_RECORDS, purpose="INT8 calibration")
-    calibration = calibration[: recipe.calibration_samples]
-    modalities = [m for m in spec.modalities if m in dataset.modalities or not spec.modalities[m]["required"]]
-    missing = [m for m, info in spec.modalities.items() if info["required"] and m not in dataset.modalities]
+    calibration = calibration[: recipe.calibration.samples]
+    required = {m for m, info in spec.modality_specs().items() if info.required}
+    modalities = [m for m in spec.modalities if m in dataset.modalities or m not in required]
+    missing = sorted(required - set(dataset.modalities))
     if missing:
         from edgemm.data.dataset import DatasetError
 
@@ -386,34 +373,25 @@ def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: di
     evalset = EvalSet.build(test, spec.labels, preprocessor, modalities, {**provenance, "split": "test"})
     calibration_feeds = EvalSet.build(calibration, spec.labels, preprocessor, modalities, provenance, batch_size=8,
                                       fixed_shapes=True).feeds
-    output = spec.postprocessing.get("output", spec.outputs[0].name)
+    output = spec.primary_output
     fp32_outputs = run_artifact(bases["plain"], evalset.feeds, output)
     rate = spec.preprocessing.get("audio", {}).get("sampling_rate")
     ctx = VariantContext(staging=staging, bases=bases, base_info=base_info, output=output, evalset=evalset,
                          fp32_outputs=fp32_outputs, calibration_feeds=calibration_feeds,
                          edge_feeds=edge_feeds(preprocessor, spec.modalities, rate=rate),
-                         recipe=replace(recipe, **_gate_overrides(options)), parity_check=parity_check)
+                         recipe=recipe, parity_check=parity_check)
     from edgemm.data.metrics import classification_metrics
 
     artifacts = build_variants(ctx)
     validation["gate"] = {
-        "metric": ctx.recipe.metric,
-        "budget_points": ctx.recipe.budget_points,
+        "metric": ctx.recipe.gate.metric,
+        "budget_points": ctx.recipe.gate.budget,
         "eval": {**evalset.source, "records": len(evalset)},
-        "calibration": {"records": len(calibration), "method": ctx.recipe.calibration_method},
+        "calibration": {"records": len(calibration), "method": ctx.recipe.calibration.method},
         "fp32": classification_metrics(evalset.labels, fp32_outputs),
         "variants": ctx.reports,
     }
     return artifacts
-
-
-def _gate_overrides(options: ExportOptions) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    if options.budget_points is not None:
-        changes["budget_points"] = options.budget_points
-    if options.calibration_method is not None:
-        changes["calibration_method"] = options.calibration_method
-    return changes
 
 
 def _eval_dataset(options: ExportOptions, source: dict[str, Any], recipe: Recipe) -> tuple[Any, str]:
@@ -441,8 +419,8 @@ def _golden_set(module: Any, spec: ExportSpec, staging: Path, size: int) -> Gold
     """Raw inputs at natural sizes, their runtime feed, and PyTorch's outputs for them."""
     sizes = {axis: min(size, spec.axis_ranges[axis][1]) for axis in ("batch", "text_batch") if axis in spec.axis_ranges}
     rows = sizes.get("batch", size)
-    case = ShapeCase("golden", sizes, absent={m: (rows - 1,) for m, info in spec.modalities.items()
-                                              if not info["required"] and rows > 1})
+    case = ShapeCase("golden", sizes, absent={m: (rows - 1,) for m, info in spec.modality_specs().items()
+                                              if not info.required and rows > 1})
     if spec.make_feed is not None:
         feed = case_feed(spec, case, staging, seed=7)
         return GoldenSet(raw={}, feed=feed, expected=run_torch(module, spec, feed))
@@ -480,16 +458,3 @@ def _created_by(spec: ExportSpec, exporter: str) -> dict[str, Any]:
             continue
     return {**versions, "opset": spec.opset, "exporter": exporter,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _publish(staging: Path, output: Path, *, force: bool) -> None:
-    """Move the verified staging directory to ``output`` (replacing it only with ``force``)."""
-    if output.exists():
-        if not force:
-            raise BundleExistsError(f"{output} already exists.", hint="Pass --force to replace it.")
-        retired = output.with_name(f".{output.name}.old-{int(time.time() * 1000)}")
-        output.rename(retired)
-        staging.rename(output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output)

@@ -9,7 +9,8 @@ from typing import Any
 
 from edgemm._deps import require
 from edgemm.errors import CheckpointError, InputPathError, UnsafeCheckpointError, UsageError
-from edgemm.models.spec import ExportSpec, LoadedModel, family_for, load_factory
+from edgemm.models.spec import ExportSpec, LoadedModel, load_factory
+from edgemm.models.specs import family_for
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 TRAINING_FILE = "training.json"

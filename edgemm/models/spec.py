@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgemm.bundle.manifest import TensorSpec
-from edgemm.errors import UnsupportedModelError, UsageError
-from edgemm.runtime.compare import Tolerance
+from edgemm.bundle.compare import Tolerance
+from edgemm.bundle.manifest import ModalitySpec, TensorSpec, classifying_outputs, primary_output
+from edgemm.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,20 @@ class ExportSpec:
                 f"ExportSpec {self.name} needs at least 3 parity shapes, 2 of them different from the export shape."
             )
 
+    @property
+    def primary_output(self) -> str:
+        """The output that holds the logits / scores (the manifest's rule)."""
+        return primary_output(self.postprocessing, self.outputs)
+
+    @property
+    def classifying_outputs(self) -> set[str]:
+        """Outputs whose top-1 is compared (the manifest's rule)."""
+        return classifying_outputs(self.task, self.primary_output)
+
+    def modality_specs(self) -> dict[str, ModalitySpec]:
+        """Every modality's typed entry, as the manifest will hold it."""
+        return {name: ModalitySpec.from_dict(info) for name, info in self.modalities.items()}
+
     def with_profiles(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs with ``[min, opt, max]`` profiles filled from the axis ranges."""
 
@@ -128,6 +142,8 @@ Loader = Callable[..., LoadedModel]
 
 @dataclass(frozen=True)
 class Family:
+    """A registered model family: how to recognise its checkpoints and load them."""
+
     name: str
     detect: Callable[[Path], bool]
     load: Loader
@@ -147,23 +163,9 @@ def register_family(name: str, *, detect: Callable[[Path], bool], description: s
     return wrap
 
 
-def families() -> dict[str, Family]:
-    """Registered families (importing the built-in ones on first use)."""
-    import edgemm.models.specs  # noqa: F401  (registers fusion, clip, siglip)
-
+def registered_families() -> dict[str, Family]:
+    """Families registered so far (:func:`edgemm.models.specs.families` registers the built-in ones)."""
     return dict(_FAMILIES)
-
-
-def family_for(path: Path) -> Family:
-    """The family whose ``detect`` accepts ``path``; UnsupportedModelError lists the known ones."""
-    for family in families().values():
-        if family.detect(path):
-            return family
-    known = "; ".join(f"{f.name}: {f.description}" for f in families().values())
-    raise UnsupportedModelError(
-        f"{path} is not a checkpoint edgemm knows how to export.",
-        hint=f"Known inputs — {known}; or use --spec package.module:factory for your own nn.Module.",
-    )
 
 
 def load_factory(reference: str) -> Callable[..., Any]:

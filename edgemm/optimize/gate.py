@@ -15,26 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from edgemm.data.metrics import classification_metrics, top1_agreement
+from edgemm.bundle.compare import Tolerance, near_ties, top1_agreement
+from edgemm.data.metrics import classification_metrics
+from edgemm.runtime.sessions import create_session
 
 log = logging.getLogger("edgemm.optimize")
 
 
-def cpu_session(model: Path | bytes, *, optimize: bool = True) -> Any:
-    """A quiet ONNX Runtime CPU session (``optimize=False`` keeps every tensor as written)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
 def run_artifact(path: Path, feeds: list[dict[str, np.ndarray]], output: str) -> np.ndarray:
     """Run an ONNX file over the feeds on the CPU and concatenate one output."""
-    session = cpu_session(path)
+    session = create_session(path)
     return np.concatenate([session.run([output], feed)[0] for feed in feeds]).astype(np.float64)
 
 
@@ -48,6 +38,7 @@ class GateResult:
     drop_points: float
     budget_points: float
     top1_agreement: float
+    near_ties: int
     max_abs_diff: float
     nonfinite: int
     samples: int
@@ -58,16 +49,29 @@ class GateResult:
 
 
 def judge(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray, *, metric: str,
-          budget_points: float) -> GateResult:
-    """Compare a variant's outputs with FP32's on the same inputs."""
+          budget_points: float, tolerance: Tolerance) -> GateResult:
+    """Compare a variant's outputs with FP32's on the same inputs.
+
+    Args:
+        outputs: The variant's classifying output over the test split.
+        fp32_outputs: FP32's on the same feeds.
+        labels: The test split's labels.
+        metric: ``"accuracy"`` or ``"macro_f1"``: what the budget is spent on.
+        budget_points: The largest drop allowed, in points.
+        tolerance: The variant precision's numeric tolerance: FP32 rows whose top-two margin
+            lies inside it are near-ties and do not count against the agreement.
+
+    Returns:
+        The measurements and the verdict (``passed``).
+    """
     nonfinite = int((~np.isfinite(outputs)).sum())
     safe = np.nan_to_num(outputs, nan=0.0, posinf=1e6, neginf=-1e6)
     value = classification_metrics(labels, safe)[metric]
     reference = classification_metrics(labels, fp32_outputs)[metric]
-    agreement = top1_agreement(safe, fp32_outputs)
+    agreement = top1_agreement(safe, fp32_outputs, tolerance)
     drop = (reference - value) * 100.0
     return GateResult(metric=metric, value=value, fp32_value=reference, drop_points=drop, budget_points=budget_points,
-                      top1_agreement=agreement, max_abs_diff=float(np.abs(safe - fp32_outputs).max()),
+                      top1_agreement=agreement, near_ties=near_ties(fp32_outputs, tolerance), max_abs_diff=float(np.abs(safe - fp32_outputs).max()),
                       nonfinite=nonfinite, samples=int(labels.shape[0]),
                       passed=nonfinite == 0 and drop <= budget_points + 1e-9)
 
@@ -121,7 +125,7 @@ def _activations(path: Path, feeds: list[dict[str, np.ndarray]], tensors: set[st
     for name in extra:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     # Keep the graph as written: fusing would rename or remove the tensors being matched.
-    session = cpu_session(model.SerializeToString(), optimize=False)
+    session = create_session(model.SerializeToString(), optimization="disable")
     names = [o.name for o in session.get_outputs() if o.name in tensors]
     collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:

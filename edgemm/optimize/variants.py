@@ -18,18 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.compare import Tolerance
 from edgemm.bundle.manifest import Artifact
 from edgemm.data.evalset import EvalSet
-from edgemm.export.recipes import Recipe, VariantSpec
 from edgemm.optimize import precision as prec
 from edgemm.optimize.branches import nodes_in
 from edgemm.optimize.gate import (
     GateResult,
-    cpu_session,
     harmful_nodes,
     judge,
     run_artifact,
 )
+from edgemm.recipes import Recipe, VariantSpec
+from edgemm.runtime.sessions import create_session
 
 log = logging.getLogger("edgemm.optimize")
 
@@ -106,7 +107,7 @@ def _build_one(ctx: VariantContext, spec: VariantSpec) -> Artifact | None:
         target = ctx.staging / "model" / f"{spec.name}.onnx"
         result, info = _attempt(ctx, spec, precision, target, exclude=[], report=report, label="initial")
         excluded: list[str] = []
-        rounds = 0 if precision == "fp32-opt" else ctx.recipe.repair_rounds
+        rounds = 0 if precision == "fp32-opt" else ctx.recipe.gate.repair_rounds
         for round_no in range(1, rounds + 1):
             if result.passed or "error" in report["attempts"][-1]:
                 break
@@ -140,13 +141,14 @@ def _attempt(ctx: VariantContext, spec: VariantSpec, precision: str, target: Pat
     except Exception as exc:  # ORT raises many types; an artifact that cannot be measured cannot ship
         reason = f"ONNX Runtime's CPU provider could not run it: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         log.warning("variant %s: %s", spec.name, reason)
-        result = GateResult(metric=ctx.recipe.metric, value=float("nan"), fp32_value=float("nan"),
-                            drop_points=float("inf"), budget_points=ctx.recipe.budget_points, top1_agreement=0.0,
+        result = GateResult(metric=ctx.recipe.gate.metric, value=float("nan"), fp32_value=float("nan"),
+                            drop_points=float("inf"), budget_points=ctx.recipe.gate.budget, top1_agreement=0.0, near_ties=0,
                             max_abs_diff=float("inf"), nonfinite=0, samples=len(ctx.evalset), passed=False)
         report["attempts"].append({"precision": precision, "step": label, "error": reason, "excluded_nodes": len(exclude)})
         return result, info
-    result = judge(outputs, ctx.fp32_outputs, ctx.evalset.labels, metric=ctx.recipe.metric,
-                   budget_points=ctx.recipe.budget_points)
+    result = judge(outputs, ctx.fp32_outputs, ctx.evalset.labels, metric=ctx.recipe.gate.metric,
+                   budget_points=ctx.recipe.gate.budget,
+                   tolerance=Tolerance.for_precision(PRECISION_FIELD[precision]))
     if edge["nonfinite"]:
         result.passed = False
         result.nonfinite += edge["nonfinite"]
@@ -171,7 +173,7 @@ def _make(ctx: VariantContext, spec: VariantSpec, precision: str, base: Path, ta
         return prec.quantize_int8_dynamic(base, target, per_channel=spec.per_channel, reduce_range=spec.reduce_range,
                                           exclude=exclude)
     if precision == "int8-static":
-        method = spec.calibration or ctx.recipe.calibration_method
+        method = spec.calibration or ctx.recipe.calibration.method
         return prec.quantize_int8_static(base, target, ctx.calibration_feeds, method=method,
                                          per_channel=spec.per_channel, exclude=exclude)
     # mixed: INT8 (dynamic) only in the branches the recipe names, FP32 elsewhere.
@@ -201,7 +203,7 @@ def _rank_harm(ctx: VariantContext, spec: VariantSpec, precision: str, target: P
         candidates = [c for c in candidates if c in allowed]
     if not candidates:
         return []
-    count = max(1, math.ceil(ctx.recipe.repair_fraction * len(candidates)))
+    count = max(1, math.ceil(ctx.recipe.gate.repair_fraction * len(candidates)))
     sample = ctx.calibration_feeds[:2] or ctx.evalset.feeds[:2]
     return harmful_nodes(base, target, sample, candidates, count=count)
 
@@ -225,10 +227,7 @@ def edge_feeds(preprocessor: Any, modalities: dict[str, dict[str, Any]], *, rate
         cases["silence"] = {"audio": (np.zeros(rate or 16000, np.float32), rate or 16000)}
     feeds = {}
     for name, override in cases.items():
-        raw = {m: [override.get(m, normal[m])] for m in modalities if modalities[m].get("batch_axis", "batch") == "batch"}
-        for m, info in modalities.items():
-            if info.get("batch_axis", "batch") != "batch":
-                raw[m] = [override.get(m, normal[m])]
+        raw = {m: [override.get(m, normal[m])] for m in modalities}
         feeds[name] = preprocessor(raw)
     if "text" in modalities:
         raw = {m: [normal[m], normal[m]] for m in modalities}
@@ -245,7 +244,7 @@ def edge_feeds(preprocessor: Any, modalities: dict[str, dict[str, Any]], *, rate
 
 def _edge_check(path: Path, feeds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Run the edge inputs (empty / longest text, all-padding rows, blank images, silence)."""
-    session = cpu_session(path)
+    session = create_session(path)
     bad = {}
     for name, feed in feeds.items():
         count = sum(int((~np.isfinite(out)).sum()) for out in session.run(None, feed) if np.issubdtype(out.dtype, np.floating))

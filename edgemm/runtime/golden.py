@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.compare import compare_all
 from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Manifest
 from edgemm.bundle.verify import verify_hashes
 from edgemm.errors import BundleError, GoldenSetError
 from edgemm.runtime.backends.base import Backend
-from edgemm.runtime.compare import Tolerance, compare_all
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 
 # Re-tokenizing must give identical ids; pixels/features may differ by float rounding only.
@@ -53,7 +53,7 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
     if recorded is None:
         raise BundleError(f"The golden set has no outputs recorded for artifact {artifact!r}.",
                           hint="Export the bundle again with this edgemm.")
-    tolerance = Tolerance.from_dict(art.validation.get("tolerance", manifest.validation.get("tolerance", {})))
+    tolerance = manifest.tolerance(art)
     if backend is not None:
         actual = backend.run(golden.feed)
     else:
@@ -66,7 +66,7 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
             backend = OrtBackend(bundle / art.path, manifest.inputs, manifest.outputs, device=device, threads=threads)
         with backend:
             actual = backend.run(golden.feed)
-    classify = {manifest.postprocessing.get("output")} if manifest.task != "regression" else set()
+    classify = manifest.classifying_outputs
     # Pass/fail: does the artifact still produce what it produced at export time? The drift
     # against the PyTorch reference is reported alongside (an accepted mismatch shows up there).
     results = compare_all("golden", recorded, actual, tolerance, classify_outputs=classify)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.manifest import Manifest
+
 
 @dataclass
 class Prediction:
@@ -48,19 +50,23 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
-def postprocess(outputs: dict[str, np.ndarray], postprocessing: dict[str, Any], labels: list[str],
-                *, candidates: list[str] | None = None) -> list[Prediction]:
+def postprocess(outputs: dict[str, np.ndarray], manifest: Manifest, *,
+                candidates: list[str] | None = None) -> list[Prediction]:
     """Apply the manifest's postprocessing to a batch of outputs.
 
     Args:
         outputs: Output name → array with the batch on axis 0.
-        postprocessing: ``{"type": softmax|sigmoid|matching|identity, "output": name, ...}``.
-        labels: The manifest's labels.
+        manifest: The bundle's manifest: ``postprocessing`` (``{"type": softmax|sigmoid|matching|
+            identity, ...}``), its primary output and labels.
         candidates: Texts scored against each image (image–text similarity bundles).
+
+    Returns:
+        One :class:`Prediction` per row.
     """
+    postprocessing = manifest.postprocessing
     kind = postprocessing.get("type", "identity")
-    array = np.asarray(outputs[postprocessing.get("output", next(iter(outputs)))], dtype=np.float64)
-    names = candidates if candidates is not None else labels
+    array = np.asarray(outputs[manifest.primary_output], dtype=np.float64)
+    names = candidates if candidates is not None else manifest.labels
     top_k = int(postprocessing.get("top_k", 5))
     threshold = float(postprocessing.get("threshold", 0.5))
     results: list[Prediction] = []
@@ -81,7 +87,7 @@ def postprocess(outputs: dict[str, np.ndarray], postprocessing: dict[str, Any], 
             pred.labels = [names[j] for j in order if probs[j] >= threshold]
         elif kind == "matching":
             p = float(sigmoid(row.ravel()[:1])[0])
-            match, no_match = (labels[1], labels[0]) if len(labels) >= 2 else ("match", "no_match")
+            match, no_match = (manifest.labels[1], manifest.labels[0]) if len(manifest.labels) >= 2 else ("match", "no_match")
             pred.label, pred.score = (match, p) if p >= threshold else (no_match, 1.0 - p)
             pred.scores = {no_match: 1.0 - p, match: p}
             pred.labels = [pred.label]

@@ -27,10 +27,11 @@ from edgemm.errors import (
     UsageError,
 )
 from edgemm.runtime.backends.base import Backend
-from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices, tensorrt_ep_options
+from edgemm.runtime.backends.onnxruntime import OrtBackend, tensorrt_ep_options
 from edgemm.runtime.golden import check_golden
 from edgemm.runtime.postprocess import Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
+from edgemm.runtime.sessions import available_devices
 from edgemm.runtime.trt_compat import (
     ENGINE_KIND,
     CompatPolicy,
@@ -55,7 +56,7 @@ def _ep_can_run(art: Artifact, device: str) -> bool:
     if device != "tensorrt-ep":
         return _PROVIDER[device] in art.providers
     # The plain fp32 graph parses in TensorRT too; ORT-fused graphs carry contrib ops it cannot take.
-    return _PROVIDER[device] in art.providers or (art.precision == "fp32" and not art.requirements.get("graph_optimized"))
+    return _PROVIDER[device] in art.providers or (art.precision == "fp32" and not art.graph_optimized)
 
 
 def choose_engine(manifest: Manifest, host: HostInfo, policy: CompatPolicy | None = None,
@@ -76,10 +77,9 @@ def choose_engine(manifest: Manifest, host: HostInfo, policy: CompatPolicy | Non
     for art in engines:
         decision = check_engine(art.requirements, host, policy)
         if not decision.ok:
-            source = art.requirements.get("built_with", {}).get("source_artifact", art.name)
-            fix = f" — {rebuild_hint('BUNDLE', source)}" if decision.rebuildable else ""
+            fix = f" — {rebuild_hint('BUNDLE', art.source_artifact)}" if decision.rebuildable else ""
             skipped.append(f"{art.name}: TensorRT engine {decision.summary()}{fix}")
-        elif art.validation.get("gate", {}).get("passed", True) is False:
+        elif art.gate_failed:
             skipped.append(f"{art.name}: failed its accuracy gate")
         else:
             usable.append(art)
@@ -107,16 +107,15 @@ def choose_artifact(manifest: Manifest, device: str, requested: str | None = Non
             skipped.append(f"{art.name}: kind {art.kind} has no backend in this runtime")
         elif not _ep_can_run(art, device):
             skipped.append(f"{art.name}: not built for {device}")
-        elif art.validation.get("gate", {}).get("passed", True) is False:
+        elif art.gate_failed:
             skipped.append(f"{art.name}: failed its accuracy gate")
         elif art.precision not in order:
             skipped.append(f"{art.name}: precision {art.precision} is not used on {device}")
         else:
             # Same precision: prefer the fused graph, then (CPU) dynamic INT8 over QDQ, whose
             # S8S8 kernels are slow on CPUs without VNNI.
-            method = (art.quantization or {}).get("method", "")
-            ranked.append(((order.index(art.precision), 0 if art.requirements.get("graph_optimized") else 1,
-                            1 if method == "int8-static-qdq" else 0), art))
+            ranked.append(((order.index(art.precision), 0 if art.graph_optimized else 1,
+                            1 if art.quantization_method == "int8-static-qdq" else 0), art))
     if not ranked:
         raise BackendUnavailableError(
             f"No artifact of this bundle can run on {device}: " + "; ".join(skipped),
@@ -141,8 +140,7 @@ class Predictor:
         self.artifact = artifact
         self.skipped = skipped
         self.preprocessor = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
-        batch_profile = next((t.profile.get("batch") for t in manifest.inputs if "batch" in t.profile), None)
-        self.max_batch = int(batch_profile[-1]) if batch_profile else 64
+        self.max_batch = manifest.max_batch or 64
 
     @classmethod
     def load(
@@ -232,9 +230,8 @@ class Predictor:
         if device == "tensorrt-ep":
             ort_device = "tensorrt"
             cache = bundle_cache_dir(root)
-            method = (chosen.quantization or {}).get("method", "")
             options = tensorrt_ep_options(manifest.inputs, cache, fp16=chosen.precision == "fp16",
-                                          int8=method == "int8-static-qdq")
+                                          int8=chosen.quantization_method == "int8-static-qdq")
         backend = OrtBackend(root / chosen.path, manifest.inputs, manifest.outputs, device=ort_device,
                              threads=threads, optimization=optimization, allow_cpu_fallback=fallback,
                              provider_options=options)
@@ -306,7 +303,7 @@ class Predictor:
             chunk = {m: (v if m == "text" and candidates is not None else v[start:start + self.max_batch])
                      for m, v in batch.items()}
             outputs = self.run(self.preprocessor(chunk))
-            predictions.extend(postprocess(outputs, self.manifest.postprocessing, self.manifest.labels,
+            predictions.extend(postprocess(outputs, self.manifest,
                                            candidates=candidates))
         return predictions[0] if single else predictions
 

@@ -203,7 +203,7 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
                   "max_pixels": config.max_pixels, "max_audio_seconds": config.max_audio_seconds}
         return JSONResponse({
             "name": m.name, "task": m.task, "labels": m.labels, "version": cur.version,
-            "modalities": {k: {"required": v.get("required", True)} for k, v in m.modalities.items()},
+            "modalities": {k: {"required": v.required} for k, v in m.modality_specs().items()},
             "image_formats": m.preprocessing.get("image", {}).get("formats"),
             "artifact": {"name": cur.predictor.artifact.name, "precision": cur.predictor.artifact.precision},
             "device": cur.predictor.device, "degraded": cur.predictor.degraded, "limits": limits,

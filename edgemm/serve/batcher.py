@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, RuntimeFailure
 from edgemm.runtime.postprocess import Prediction
 from edgemm.runtime.predictor import Predictor
 from edgemm.serve.config import ServeConfig
@@ -151,22 +151,36 @@ class MicroBatcher:
                         job.future.set_result(result)
 
     def _run(self, predictor: Predictor, jobs: list[Job]) -> list[Prediction | ApiError]:
-        """One model call for ``jobs``; on an input error, retry one by one to isolate it."""
+        """One model call for ``jobs``; on a failure, retry one by one to isolate the request at fault.
+
+        An engine failure that poisoned the CUDA context ends the process (``on_fatal``): no
+        later call on that context can succeed, and the supervisor starts a fresh one.
+        """
         try:
             return _predict(predictor, [j.inputs for j in jobs])
-        except EdgemmError as exc:
+        except RuntimeFailure as exc:  # the engine failed; its own error is the cause
+            engine_error = exc.__cause__ or exc
+            if poisons_gpu(engine_error, predictor.device):
+                log.critical("the CUDA context is poisoned (%s): exiting so the supervisor restarts us",
+                             type(engine_error).__name__)
+                if self.on_fatal is not None:
+                    self.on_fatal(f"GPU context poisoned: {type(engine_error).__name__}")
+                return [_internal() for _ in jobs]
+            if len(jobs) > 1:
+                return [self._run(predictor, [job])[0] for job in jobs]
+            log.error("the model failed on a request: %s", exc.message)
+            return [_internal()]
+        except EdgemmError as exc:  # the input was refused
             if len(jobs) == 1:
                 return [from_edgemm(exc)]
             return [self._run(predictor, [job])[0] for job in jobs]
-        except Exception as exc:
-            if poisons_gpu(exc, predictor.device):
-                log.critical("the CUDA context is poisoned (%s): exiting so the supervisor restarts us",
-                             type(exc).__name__)
-                if self.on_fatal is not None:
-                    self.on_fatal(f"GPU context poisoned: {type(exc).__name__}")
+        except Exception:  # a bug in edgemm: keep its traceback in the log, answer 500
             log.exception("model call failed for a batch of %d", len(jobs))
-            return [api_error("internal", "The model failed on this request.",
-                              hint="The kiosk log has the details.") for _ in jobs]
+            return [_internal() for _ in jobs]
+
+
+def _internal() -> ApiError:
+    return api_error("internal", "The model failed on this request.", hint="The kiosk log has the details.")
 
 
 def _predict(predictor: Predictor, batch: list[DecodedInputs]) -> list[Prediction]:

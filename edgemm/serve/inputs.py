@@ -220,7 +220,7 @@ def decode_inputs(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> De
     if unknown:
         raise api_error("invalid_input", f"This model does not take {', '.join(unknown)}.",
                         hint=f"It takes: {', '.join(modalities)}.")
-    missing = [m for m, info in modalities.items() if info.get("required", True) and getattr(raw, m) is None]
+    missing = [m for m in manifest.required_modalities() if getattr(raw, m) is None]
     if missing:
         raise api_error("missing_modality", f"This model needs {', '.join(missing)} with every request.")
     prep = manifest.preprocessing

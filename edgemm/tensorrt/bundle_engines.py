@@ -8,20 +8,21 @@ engine, its new manifest and golden outputs, is verified, and only then replaces
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edgemm.bundle.compare import Tolerance, compare_all
 from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import ENGINE_KIND, Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle, verify_hashes
 from edgemm.bundle.writer import write_manifest
 from edgemm.errors import GoldenSetError, UsageError
-from edgemm.runtime.compare import Tolerance, compare_all
+from edgemm.recipes import TensorRTSection
 from edgemm.runtime.trt_compat import (
     CompatPolicy,
     HostInfo,
@@ -30,18 +31,12 @@ from edgemm.runtime.trt_compat import (
     host_record,
     probe_host,
 )
+from edgemm.staging import staged_directory
 from edgemm.tensorrt.plan import BuildOptions, BuildPlan, make_plan
 from edgemm.tensorrt.profiles import build_profiles
 
 log = logging.getLogger("edgemm.tensorrt")
 ENGINE_DIR = "engines"
-# Engine outputs against the source artifact's export-time outputs: TensorRT picks other kernels
-# (TF32 on Ampere+ even for FP32), so FP32 engines get FP16-like room, reduced precision more.
-_ENGINE_TOLERANCE = {
-    "fp32": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.9999, min_top1=0.9),
-    "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.75),
-    "int8": Tolerance(atol=1e-1, rtol=1e-1, min_cosine=0.99, min_top1=0.75),
-}
 
 
 @dataclass
@@ -65,7 +60,7 @@ def engine_name_for(source: str) -> str:
 
 def default_source(manifest: Manifest) -> str:
     """The ONNX artifact to build from when none is named: fp16, else Q/DQ INT8, else fp32 (plain graphs)."""
-    plain = [a for a in manifest.artifacts if a.kind == "onnx" and not a.requirements.get("graph_optimized")]
+    plain = [a for a in manifest.artifacts if a.kind == "onnx" and not a.graph_optimized]
     for precision, method in (("fp16", None), ("int8", "int8-static-qdq"), ("fp32", None)):
         for art in plain:
             if art.precision == precision and (method is None or (art.quantization or {}).get("method") == method):
@@ -89,7 +84,7 @@ def source_for_precision(manifest: Manifest, precision: str, tensorrt_version: s
     Q/DQ graph.
     """
     major = int(tensorrt_version.split(".")[0])
-    plain = [a for a in manifest.artifacts if a.kind == "onnx" and not a.requirements.get("graph_optimized")]
+    plain = [a for a in manifest.artifacts if a.kind == "onnx" and not a.graph_optimized]
     if precision == "int8":
         wanted = [a for a in plain if (a.quantization or {}).get("method") == "int8-static-qdq"]
     elif precision == "fp16" and major >= 11:
@@ -106,17 +101,26 @@ def source_for_precision(manifest: Manifest, precision: str, tensorrt_version: s
     return wanted[0].name
 
 
-def requests_from_recipe(table: dict[str, Any], manifest: Manifest, tensorrt_version: str, *,
+def requests_from_recipe(section: TensorRTSection, manifest: Manifest, tensorrt_version: str, *,
                          workspace_mb: int | None = None,
                          overrides: dict[str, Any] | None = None) -> list[EngineRequest]:
-    """Engine requests from a recipe's ``[tensorrt]`` table (plus CLI overrides).
+    """Engine requests from a recipe's ``[tensorrt]`` section plus ``edgemm build-engine``'s options.
 
-    Keys: ``precisions`` (engine precisions; the source artifact follows from the TensorRT
-    regime, see :func:`source_for_precision`), ``artifacts`` (explicit ONNX artifacts to build
-    from instead; default: the best plain one), ``profiles``
-    (list of ``{name, axis = [min, opt, max]}``), ``dla_core``, ``gpu_fallback``,
-    ``layernorm_fp32``, ``hardware_compatibility``, ``builder_optimization_level``,
-    ``waive_fp16_overflow``; ``[limits] workspace_mb`` bounds the builder's memory pool.
+    The section's ``precisions`` name engine precisions (the source artifact follows from the
+    TensorRT regime, see :func:`source_for_precision`); its ``artifacts`` name ONNX artifacts to
+    build from instead (default: the best plain one). ``[limits] workspace_mb`` bounds the
+    builder's memory pool.
+
+    Args:
+        section: The recipe's ``[tensorrt]`` section (an empty one without ``--target``).
+        manifest: The bundle's manifest.
+        tensorrt_version: The TensorRT the engines are planned for.
+        workspace_mb: The recipe's ``[limits] workspace_mb``.
+        overrides: CLI values (None: not given): ``artifacts``, ``precisions``, ``profiles``,
+            ``name`` and any :class:`BuildOptions` field; they win over the recipe's.
+
+    Raises:
+        UsageError: ``name`` given for several engines, or no source artifact fits.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     precisions = overrides.pop("precisions", None)
@@ -124,20 +128,18 @@ def requests_from_recipe(table: dict[str, Any], manifest: Manifest, tensorrt_ver
     named: list[tuple[str, str | None, str | None]] = []  # (source artifact, engine name, precision)
     if sources:
         named = [(s, None, None) for s in sources]
-    elif precisions or (table.get("precisions") and not table.get("artifacts")):
+    elif precisions or (section.precisions and not section.artifacts):
         named = [(source_for_precision(manifest, p, tensorrt_version), f"trt-{p}", p)
-                 for p in (precisions or table["precisions"])]
+                 for p in (precisions or section.precisions)]
     else:
-        named = [(s, None, None) for s in (table.get("artifacts") or [default_source(manifest)])]
-    profiles = overrides.pop("profiles", None) or list(table.get("profiles", []))
-    keys = ("dla_core", "gpu_fallback", "layernorm_fp32", "hardware_compatibility", "builder_optimization_level",
-            "waive_fp16_overflow", "strongly_typed", "version_compatible", "exclude_lean_runtime", "precision",
-            "workspace_mb")
-    values = {k: table[k] for k in keys if k in table}
+        named = [(s, None, None) for s in (section.artifacts or [default_source(manifest)])]
+    profiles = overrides.pop("profiles", None) or list(section.profiles)
+    name = overrides.pop("name", None)
+    values = section.build_options()
     if workspace_mb is not None:
-        values.setdefault("workspace_mb", workspace_mb)
-    values.update({k: v for k, v in overrides.items() if k in keys})
-    name = overrides.get("name")
+        values["workspace_mb"] = workspace_mb
+    option_fields = {f.name for f in dataclasses.fields(BuildOptions)}
+    values.update({k: v for k, v in overrides.items() if k in option_fields})
     if name and len(named) > 1:
         raise UsageError("--name applies to one engine; name one --artifact.")
     return [EngineRequest(source=s, options=BuildOptions(**{**values, **({"precision": p} if p else {})}),
@@ -175,7 +177,7 @@ def add_engines(bundle: Path, requests: list[EngineRequest], *, rebuild: bool = 
         UsageError: An engine exists and is out of date, without ``rebuild``.
         GoldenSetError: An engine does not reproduce the golden set within its tolerance (exit 4).
     """
-    from edgemm.tensorrt.build import engine_from_onnx, import_tensorrt
+    from edgemm.tensorrt.build import import_tensorrt
 
     trt = import_tensorrt()
     host = host or probe_host()
@@ -184,82 +186,98 @@ def add_engines(bundle: Path, requests: list[EngineRequest], *, rebuild: bool = 
                          hint="; ".join(host.problems) or "Run this on the Jetson / GPU machine.")
     manifest = verify_bundle(bundle)
     version = str(trt.__version__)
+    if in_place:
+        return _build_into(bundle, manifest, requests, version, host, rebuild=rebuild, use_cache=use_cache,
+                           timing_cache=timing_cache, progress=progress)[0]
+    try:
+        with staged_directory(bundle, replace=True, copy_from=bundle) as work:
+            reports, changed = _build_into(work, manifest, requests, version, host, rebuild=rebuild,
+                                           use_cache=use_cache, timing_cache=timing_cache, progress=progress)
+            if not changed:
+                raise _Unchanged(reports)
+    except _Unchanged as unchanged:  # every engine was up to date: the bundle is left untouched
+        return unchanged.reports
+    return reports
+
+
+class _Unchanged(Exception):
+    """Internal: abandon the staged copy, nothing needs publishing."""
+
+    def __init__(self, reports: list[dict[str, Any]]):
+        super().__init__("unchanged")
+        self.reports = reports
+
+
+def _build_into(work: Path, manifest: Manifest, requests: list[EngineRequest], version: str, host: HostInfo, *,
+                rebuild: bool, use_cache: bool, timing_cache: Path | None,
+                progress: IO[str] | None) -> tuple[list[dict[str, Any]], bool]:
+    """Build the requested engines into the bundle directory ``work``; returns the reports and
+    whether anything changed (the manifest is rewritten and re-verified if so)."""
+    from edgemm.tensorrt.build import engine_from_onnx
+
     jetson = host.is_jetson
     reports: list[dict[str, Any]] = []
-    work = bundle if in_place else Path(tempfile.mkdtemp(prefix=f".{bundle.name}.engines-", dir=bundle.parent))
-    try:
-        if not in_place:
-            shutil.rmtree(work)
-            shutil.copytree(bundle, work)
-        golden = GoldenSet.load(work / manifest.golden) if manifest.golden else None
-        changed = False
-        for request in requests:
-            plan = plan_engine(manifest, request, version, jetson=jetson)
-            source = manifest.artifact(request.source)
-            verify_hashes(work, manifest, list(source.files))
-            source_sha = next(f.sha256 for f in manifest.files if f.path == source.path)
-            key = plan.cache_key(source_sha, host.compute_capability)
-            name = request.engine_name
-            existing = next((a for a in manifest.artifacts if a.name == name), None)
-            if existing is not None:
-                if existing.kind != ENGINE_KIND:
-                    raise UsageError(f"Artifact {name!r} exists and is not an engine.", hint="Pass another --name.")
-                decision = check_engine(existing.requirements, host, CompatPolicy())
-                same = existing.requirements.get("built_with", {}).get("cache_key") == key
-                if decision.ok and same and not rebuild:
-                    reports.append({"engine": name, "outcome": "up to date", "cache_key": key})
-                    continue
-                if not rebuild:
-                    state = decision.summary() if not decision.ok else "built with other options"
-                    raise UsageError(f"Engine {name!r} is already in the bundle ({state}).",
-                                     hint="Pass --rebuild to replace it (a build takes minutes on a Jetson).")
-            rel = f"{ENGINE_DIR}/{name}.plan"
-            target = work / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cached = cache_root() / "tensorrt" / "engines" / f"{key}.plan"
-            started = time.perf_counter()
-            if use_cache and cached.is_file():
-                shutil.copyfile(cached, target)
-                built = {"outcome": "from cache", "seconds": 0.0, "gate": {"findings": [], "waived": False},
-                         "layernorm_layers": []}
-            else:
-                result = engine_from_onnx(work / source.path, plan, target, progress_stream=progress,
-                                          timing_cache=timing_cache or timing_cache_path(host))
-                built = {"outcome": "built", "seconds": result.seconds, "gate": result.gate,
-                         "layernorm_layers": result.layernorm_layers}
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(target, cached)
-            artifact = Artifact(
-                name=name, path=rel, kind=ENGINE_KIND, precision=plan.precision, files=[rel], providers=[],
-                quantization=source.quantization,
-                requirements={**host_record(host), "built_with": {
-                    **plan.to_dict(), "cache_key": key, "source_sha256": source_sha, "plugins": [],
-                    "serialized_plugin_libraries": [], "fp16_gate": built["gate"],
-                    "layernorm_layers_pinned": len(built["layernorm_layers"]),
-                }},
-                validation={"tolerance": _ENGINE_TOLERANCE[plan.precision].to_dict()},
-            )
-            if golden is not None:
-                artifact.validation["golden"] = _golden_check(work, manifest, artifact, source, golden, host)
-            manifest.artifacts = [a for a in manifest.artifacts if a.name != name] + [artifact]
-            changed = True
-            reports.append({"engine": name, "path": rel, "precision": plan.precision, "regime": plan.regime,
-                            "cache_key": key, "seconds": round(time.perf_counter() - started, 2), **built})
-        if changed:
-            if golden is not None:
-                golden.save(work / manifest.golden)
-            manifest.files = []
-            write_manifest(work, manifest)
-            verify_bundle(work)
-            if not in_place:
-                _swap(work, bundle)
-    except BaseException:
-        if not in_place:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if not in_place and work.exists():
-        shutil.rmtree(work, ignore_errors=True)
-    return reports
+    golden = GoldenSet.load(work / manifest.golden) if manifest.golden else None
+    changed = False
+    for request in requests:
+        plan = plan_engine(manifest, request, version, jetson=jetson)
+        source = manifest.artifact(request.source)
+        verify_hashes(work, manifest, list(source.files))
+        source_sha = next(f.sha256 for f in manifest.files if f.path == source.path)
+        key = plan.cache_key(source_sha, host.compute_capability)
+        name = request.engine_name
+        existing = next((a for a in manifest.artifacts if a.name == name), None)
+        if existing is not None:
+            if existing.kind != ENGINE_KIND:
+                raise UsageError(f"Artifact {name!r} exists and is not an engine.", hint="Pass another --name.")
+            decision = check_engine(existing.requirements, host, CompatPolicy())
+            same = existing.built_with.get("cache_key") == key
+            if decision.ok and same and not rebuild:
+                reports.append({"engine": name, "outcome": "up to date", "cache_key": key})
+                continue
+            if not rebuild:
+                state = decision.summary() if not decision.ok else "built with other options"
+                raise UsageError(f"Engine {name!r} is already in the bundle ({state}).",
+                                 hint="Pass --rebuild to replace it (a build takes minutes on a Jetson).")
+        rel = f"{ENGINE_DIR}/{name}.plan"
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cached = cache_root() / "tensorrt" / "engines" / f"{key}.plan"
+        started = time.perf_counter()
+        if use_cache and cached.is_file():
+            shutil.copyfile(cached, target)
+            built = {"outcome": "from cache", "seconds": 0.0, "gate": {"findings": [], "waived": False},
+                     "layernorm_layers": []}
+        else:
+            result = engine_from_onnx(work / source.path, plan, target, progress_stream=progress,
+                                      timing_cache=timing_cache or timing_cache_path(host))
+            built = {"outcome": "built", "seconds": result.seconds, "gate": result.gate,
+                     "layernorm_layers": result.layernorm_layers}
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target, cached)
+        artifact = Artifact(
+            name=name, path=rel, kind=ENGINE_KIND, precision=plan.precision, files=[rel], providers=[],
+            quantization=source.quantization,
+            requirements={**host_record(host), "built_with": {
+                **plan.to_dict(), "cache_key": key, "source_sha256": source_sha, "plugins": [],
+                "serialized_plugin_libraries": [], "fp16_gate": built["gate"],
+                "layernorm_layers_pinned": len(built["layernorm_layers"]),
+            }},
+            validation={"tolerance": Tolerance.for_precision(plan.precision, engine=True).to_dict()},
+        )
+        if golden is not None:
+            artifact.validation["golden"] = _golden_check(work, manifest, artifact, source, golden, host)
+        manifest.artifacts = [a for a in manifest.artifacts if a.name != name] + [artifact]
+        changed = True
+        reports.append({"engine": name, "path": rel, "precision": plan.precision, "regime": plan.regime,
+                        "cache_key": key, "seconds": round(time.perf_counter() - started, 2), **built})
+    if changed:
+        if golden is not None:
+            golden.save(work / manifest.golden)
+        manifest.files = []
+        write_manifest(work, manifest)
+        verify_bundle(work)
+    return reports, changed
 
 
 def _golden_check(root: Path, manifest: Manifest, engine: Artifact, source: Artifact, golden: GoldenSet,
@@ -271,9 +289,8 @@ def _golden_check(root: Path, manifest: Manifest, engine: Artifact, source: Arti
     with backend:
         outputs = backend.run(golden.feed)
     reference = golden.artifacts.get(source.name, golden.expected)
-    tolerance = _ENGINE_TOLERANCE[engine.precision]
-    classify = {manifest.postprocessing.get("output")} if manifest.task != "regression" else set()
-    results = compare_all("golden", reference, outputs, tolerance, classify_outputs=classify)
+    tolerance = Tolerance.for_precision(engine.precision, engine=True)
+    results = compare_all("golden", reference, outputs, tolerance, classify_outputs=manifest.classifying_outputs)
     if not all(r.passed for r in results):
         failed = [f"{r.output}: {'; '.join(r.reasons)}" for r in results if not r.passed]
         raise GoldenSetError(f"Engine {engine.name!r} differs from artifact {source.name!r} on the golden set: "
@@ -282,10 +299,3 @@ def _golden_check(root: Path, manifest: Manifest, engine: Artifact, source: Arti
                              details={"outputs": [r.to_dict() for r in results]})
     golden.artifacts[engine.name] = outputs
     return {"passed": True, "against": source.name, "outputs": [r.to_dict() for r in results]}
-
-
-def _swap(staging: Path, bundle: Path) -> None:
-    retired = bundle.with_name(f".{bundle.name}.old-{int(time.time() * 1000)}")
-    bundle.rename(retired)
-    staging.rename(bundle)
-    shutil.rmtree(retired, ignore_errors=True)

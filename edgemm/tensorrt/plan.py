@@ -120,7 +120,7 @@ def source_precision(artifact: Artifact) -> str:
     if artifact.kind != "onnx":
         raise UsageError(f"Artifact {artifact.name!r} is a {artifact.kind}, not an ONNX graph.",
                          hint="Build engines from the bundle's ONNX artifacts (fp32, fp16, int8-qdq).")
-    if artifact.requirements.get("graph_optimized"):
+    if artifact.graph_optimized:
         raise UsageError(
             f"Artifact {artifact.name!r} is an ONNX Runtime–optimized graph; its fused contrib operators "
             "(Attention, SkipLayerNormalization …) do not parse in TensorRT.",

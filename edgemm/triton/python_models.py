@@ -183,7 +183,8 @@ class _OnnxModel(_Base):
     """The bundle's ONNX artifact on ONNX Runtime inside the Python backend."""
 
     def _setup(self, args: dict[str, str]) -> None:
-        from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices
+        from edgemm.runtime.backends.onnxruntime import OrtBackend
+        from edgemm.runtime.sessions import available_devices
 
         artifact = self.manifest.artifact(self.params["artifact"])
         verify_hashes(self.root, self.manifest, artifact.files)
@@ -264,7 +265,7 @@ class _Postprocess(_Base):
         for request in requests:
             try:
                 outputs = self._inputs(request)
-                predictions = postprocess(outputs, self.manifest.postprocessing, self.manifest.labels)
+                predictions = postprocess(outputs, self.manifest)
                 labels = np.array([[(p.label or "").encode("utf-8")] for p in predictions], dtype=object)
                 scores = np.array([[np.nan if p.score is None else p.score] for p in predictions], dtype=np.float32)
                 docs = np.array([[json.dumps(p.to_dict(), ensure_ascii=False).encode("utf-8")] for p in predictions],

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import MANIFEST_NAME, Artifact, Manifest, TensorSpec
 from edgemm.bundle.verify import verify_bundle
 from edgemm.errors import BundleError, UsageError
+from edgemm.recipes import TRITON_DEVICES, TRITON_ORT_EPS, TritonSection
+from edgemm.staging import staged_directory
 from edgemm.triton.errors import (
     RepositoryExistsError,
     UnsupportedArtifactError,
@@ -67,9 +68,11 @@ log = logging.getLogger("edgemm.triton")
 
 __all__ = ["DEVICES", "ORT_EPS", "RepositoryOptions", "RepositoryReport", "write_repository"]
 
-DEVICES = ("auto", "cpu", "gpu")
-ORT_EPS = ("default", "tensorrt")
-TEXT_PADDING = ("fixed", "longest")
+# The generation options are the recipe's [triton] section: one definition for `edgemm triton`,
+# `--target triton` and the Python API.
+RepositoryOptions = TritonSection
+DEVICES = TRITON_DEVICES
+ORT_EPS = TRITON_ORT_EPS
 ONNX_KINDS = ("onnx",)
 # Serialized TensorRT engines (edgemm.runtime.trt_compat.ENGINE_KIND).
 TENSORRT_KINDS = ("tensorrt",)
@@ -94,42 +97,6 @@ TritonPythonModel = model_class({role!r}, pb_utils)
 '''
 
 
-@dataclass(frozen=True)
-class RepositoryOptions:
-    """How the repository is generated (``edgemm triton`` options).
-
-    Attributes:
-        name: Base model name (default: the bundle's name, sanitised).
-        artifacts: Artifacts to export (default: all); the first is what the ensembles run.
-        version: Model version directory.
-        device: Instance kind of the backend models: ``auto`` (GPU where Triton has one), ``cpu``, ``gpu``.
-        instances: Instances per model.
-        max_batch_size: Triton ``max_batch_size`` (default: the manifest's batch profile maximum).
-        preferred_batch_sizes: Dynamic batcher's preferred sizes (default: 4, 8, 16 up to the max).
-        queue_delay_us: Dynamic batcher's ``max_queue_delay_microseconds``.
-        ort_ep: ``tensorrt`` adds ONNX Runtime's TensorRT execution provider on GPU instances.
-        threads: ONNX Runtime intra-op threads per instance (0: ONNX Runtime's default).
-        text_padding: ``fixed`` pads text to the bundle's max length so requests batch;
-            ``longest`` keeps each request's own length (batches only equal lengths).
-        warmup: Add model warm-up from the bundle's golden set.
-        force: Replace an existing output directory.
-    """
-
-    name: str | None = None
-    artifacts: tuple[str, ...] = ()
-    version: int = 1
-    device: str = "auto"
-    instances: int = 1
-    max_batch_size: int | None = None
-    preferred_batch_sizes: tuple[int, ...] | None = None
-    queue_delay_us: int = 2000
-    ort_ep: str = "default"
-    threads: int = 0
-    text_padding: str = "fixed"
-    warmup: bool = True
-    force: bool = False
-
-
 @dataclass
 class RepositoryReport:
     """What was written."""
@@ -149,20 +116,21 @@ class RepositoryReport:
 
 
 def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[str],
-                     options: RepositoryOptions | None = None) -> RepositoryReport:
+                     options: RepositoryOptions | None = None, *, force: bool = False) -> RepositoryReport:
     """Verify ``bundle`` and write a Triton model repository at ``output``.
 
     Args:
         bundle: The bundle directory.
         output: The repository directory to create.
         options: Generation options (defaults: all artifacts, dynamic batching, warm-up).
+        force: Replace an existing repository at ``output``.
 
     Returns:
         A :class:`RepositoryReport` listing every model.
 
     Raises:
         BundleError / InputPathError: The bundle fails verification (nothing is written).
-        RepositoryExistsError: ``output`` exists and ``options.force`` is false.
+        RepositoryExistsError: ``output`` exists and ``force`` is false.
         UnsupportedArtifactError: A selected artifact's kind has no Triton backend here.
         UnsupportedForTritonError: The bundle's interface cannot be batched by Triton.
         UsageError: An option is invalid.
@@ -172,65 +140,23 @@ def write_repository(bundle: str | os.PathLike[str], output: str | os.PathLike[s
     _check_options(options)
     root = Path(bundle)
     out = Path(output)
-    if out.exists() and not options.force:
-        raise RepositoryExistsError(f"{out} already exists.", hint="Choose another directory or pass --force.")
+    exists = RepositoryExistsError(f"{out} already exists.", hint="Choose another directory or pass --force.")
+    if out.exists() and not force:
+        raise exists
     manifest = verify_bundle(root)
     plan = _Plan(root, manifest, options)
-    # Staging sits next to OUT so that the final rename is atomic (same filesystem).
-    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
-    try:
+    with staged_directory(out, replace=force, exists_error=exists) as staging:
         report = plan.write(staging)
-        report.repository = out
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in created:  # innermost first; only the empty directories we made
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
+    report.repository = out
     log.info("Triton repository %s: %d models", out, len(report.models))
     return report
 
 
 def _check_options(options: RepositoryOptions) -> None:
-    if options.device not in DEVICES:
-        raise UsageError(f"Unknown device {options.device!r}.", hint=f"Choose one of: {', '.join(DEVICES)}.")
-    if options.ort_ep not in ORT_EPS:
-        raise UsageError(f"Unknown ONNX Runtime EP setting {options.ort_ep!r}.", hint=f"Choose one of: {', '.join(ORT_EPS)}.")
-    if options.text_padding not in TEXT_PADDING:
-        raise UsageError(f"Unknown text padding {options.text_padding!r}.", hint=f"Choose one of: {', '.join(TEXT_PADDING)}.")
-    if options.version < 1:
-        raise UsageError("--version must be 1 or more.", hint="Triton model versions are positive integers.")
-    if options.instances < 1 or options.threads < 0 or options.queue_delay_us < 0:
-        raise UsageError("--instances must be ≥ 1, --threads and --queue-delay-us ≥ 0.")
-    if options.max_batch_size is not None and options.max_batch_size < 1:
-        raise UsageError("--max-batch-size must be 1 or more.")
+    """What the recipe section cannot know: whether the model name is one Triton accepts."""
     if options.name is not None and not _NAME_OK.match(options.name):
         raise UsageError(f"Model name {options.name!r} is not usable by Triton.",
                          hint="Use letters, digits, '_', '.' and '-' (at most 100 characters).")
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an existing ``out`` (``--force``) is removed only afterwards."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def _sanitize(name: str) -> str:
@@ -357,7 +283,7 @@ class _Plan:
         post = self.manifest.postprocessing
         if post.get("type") not in ("softmax", "sigmoid") or not self.manifest.labels:
             return None
-        name = post.get("output", self.manifest.outputs[0].name)
+        name = self.manifest.primary_output
         spec = next((o for o in self.manifest.outputs if o.name == name), None)
         if spec is None or spec.shape[-1] != len(self.manifest.labels) or len(spec.shape) != 2:
             return None
@@ -618,9 +544,9 @@ class _Plan:
 
     def _raw_inputs(self) -> list[dict[str, Any]]:
         entries = []
-        for modality, info in self.manifest.modalities.items():
+        for modality, info in self.manifest.modality_specs().items():
             entry: dict[str, Any] = {"name": RAW_INPUTS[modality], "data_type": Enum("TYPE_STRING"), "dims": [1]}
-            if not info.get("required", True):
+            if not info.required:
                 entry["optional"] = True
             entries.append(entry)
         return entries
@@ -661,7 +587,7 @@ class _Plan:
         for modality in self.manifest.modalities:
             items = raw.get(modality)
             if not items or items[0] is None:
-                if self.manifest.modalities[modality].get("required", True):
+                if self.manifest.modality(modality).required:
                     return []
                 continue
             samples[RAW_INPUTS[modality]] = ("bytes", [_encode_raw(modality, items[0])])

@@ -104,7 +104,7 @@ def test_torch_free_prediction_matches_pytorch(exported, inputs, name):
     feed = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)(request)
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
-    reference = postprocess({k: v.numpy() for k, v in out.items()}, manifest.postprocessing, manifest.labels)[0]
+    reference = postprocess({k: v.numpy() for k, v in out.items()}, manifest)[0]
     assert edge["label"] == reference.label
     for key, value in reference.scores.items():
         assert edge["scores"][key] == pytest.approx(value, abs=1e-4)

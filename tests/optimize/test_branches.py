@@ -38,8 +38,8 @@ def test_an_artifact_the_cpu_cannot_run_fails_its_gate_cleanly(tmp_path):
     import numpy as np
 
     from edgemm.data.evalset import EvalSet
-    from edgemm.export.recipes import VariantSpec, load_recipe
     from edgemm.optimize.variants import VariantContext, _attempt
+    from edgemm.recipes import VariantSpec, load_recipe
 
     broken = tmp_path / "broken.onnx"
     ctx = VariantContext(staging=tmp_path, bases={"plain": broken}, base_info={}, output="logits",

@@ -16,7 +16,7 @@ from edgemm.bundle.verify import verify_bundle
 from edgemm.cli import cli
 from edgemm.errors import BackendUnavailableError
 from edgemm.export.pipeline import ExportOptions, export_bundle
-from edgemm.export.recipes import available_recipes, load_recipe
+from edgemm.recipes import load_recipe
 from edgemm.runtime import Predictor
 from tests.conftest import run_edge
 
@@ -211,26 +211,3 @@ def test_gate_data_errors(reference_ckpt, digit_match, tmp_path):
                                  "--target", "cpu-kiosk", "--eval-data", str(relabeled)])
     assert result.exit_code == 2 and "does not know" in result.stderr
     assert not (tmp_path / "b").exists()
-
-
-def test_packaged_recipes_load_and_bad_recipes_are_refused(tmp_path):
-    assert {"default", "cpu-kiosk", "desktop-gpu", "jetson-orin-nano", "jetson-orin-agx"} <= set(available_recipes())
-    for name in available_recipes():
-        recipe = load_recipe(name)
-        assert recipe.description
-    assert load_recipe("jetson-orin-agx").limits["max_batch"] == 32
-    from edgemm.errors import RecipeError
-
-    cases = {
-        "[gate]\nbudgett = 1\n": "unknown key 'budgett'",
-        "[optimise]\ngraph = true\n": "unknown section",
-        "[[variants]]\nname = 'x'\nprecision = 'int4'\n": "unknown precision",
-        "[[variants]]\nname = 'x'\nprecision = 'mixed'\nmodalities = { text = 'fp32' }\n": "at least one int8",
-        "[gate]\nbudget = 'half'\n": "wrong type",
-        "name = \n": "not valid TOML",
-    }
-    for text, needle in cases.items():
-        path = tmp_path / "r.toml"
-        path.write_text(text)
-        with pytest.raises(RecipeError, match=needle):
-            load_recipe(str(path))

@@ -14,7 +14,8 @@ from edgemm.errors import (
     UsageError,
 )
 from edgemm.runtime import Predictor
-from edgemm.runtime.backends.onnxruntime import OrtBackend, default_threads
+from edgemm.runtime.backends.onnxruntime import OrtBackend
+from edgemm.runtime.sessions import default_threads
 
 
 def _backend(bundle, **kwargs):

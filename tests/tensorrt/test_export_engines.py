@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import edgemm.runtime.trt_compat as trt_compat
-from edgemm.export.recipes import load_recipe
+from edgemm.recipes import load_recipe
 from tests.tensorrt.conftest import DESKTOP, NO_TRT, ORIN_NANO
 
 

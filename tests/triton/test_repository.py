@@ -230,21 +230,21 @@ def test_existing_output_needs_force(tiny_bundle: Path, tmp_path: Path):
     with pytest.raises(RepositoryExistsError, match="already exists"):
         write_repository(tiny_bundle, out)
     assert _listing(out) == ["keep.txt"]
-    write_repository(tiny_bundle, out, RepositoryOptions(force=True))
+    write_repository(tiny_bundle, out, force=True)
     assert "keep.txt" not in _listing(out) and (out / "edgemm-triton.json").is_file()
     assert _listing(tmp_path) == ["repo"]  # the old tree and the staging directory are gone
 
 
 @pytest.mark.parametrize("options, match", [
-    (RepositoryOptions(device="tpu"), "Unknown device"),
-    (RepositoryOptions(max_batch_size=1000), "exceeds the bundle's batch profile"),
-    (RepositoryOptions(preferred_batch_sizes=(0, 4)), "outside 1..64"),
-    (RepositoryOptions(name="a/b"), "not usable by Triton"),
-    (RepositoryOptions(version=0), "--version"),
+    ({"device": "tpu"}, "device = 'tpu' in \\[triton\\] is not one of the choices"),
+    ({"max_batch_size": 1000}, "exceeds the bundle's batch profile"),
+    ({"preferred_batch_sizes": (0, 4)}, "outside 1..64"),
+    ({"name": "a/b"}, "not usable by Triton"),
+    ({"version": 0}, "version must be at least 1"),
 ])
-def test_bad_options(tiny_bundle: Path, tmp_path: Path, options: RepositoryOptions, match: str):
+def test_bad_options(tiny_bundle: Path, tmp_path: Path, options: dict, match: str):
     with pytest.raises(UsageError, match=match):
-        write_repository(tiny_bundle, tmp_path / "repo", options)
+        write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(**options))
     assert not (tmp_path / "repo").exists()
 
 
@@ -275,18 +275,20 @@ def test_cli_writes_a_repository_and_reports_json(cli, tiny_bundle: Path, tmp_pa
     assert bad.exit_code == 2 and "comma-separated" in bad.stderr
 
 
-def test_recipe_table_maps_to_options():
+def test_recipe_table_is_the_options():
     from edgemm.errors import RecipeError
-    from edgemm.triton.recipe import options_from_recipe
+    from edgemm.recipes import parse_recipe
 
-    options = options_from_recipe({"device": "gpu", "preferred_batch_sizes": [4, 8], "ort_ep": "tensorrt",
-                                   "artifacts": ["fp16", "fp32"], "warmup": False}, recipe="triton.toml")
-    assert options == RepositoryOptions(device="gpu", preferred_batch_sizes=(4, 8), ort_ep="tensorrt",
-                                        artifacts=("fp16", "fp32"), warmup=False)
-    with pytest.raises(RecipeError, match="unknown key 'batch'"):
-        options_from_recipe({"batch": 4})
+    table = {"device": "gpu", "preferred_batch_sizes": [4, 8], "ort_ep": "tensorrt",
+             "artifacts": ["fp16", "fp32"], "warmup": False}
+    recipe = parse_recipe({"triton": table}, Path("triton.toml"))
+    assert recipe.triton == RepositoryOptions(device="gpu", preferred_batch_sizes=(4, 8), ort_ep="tensorrt",
+                                              artifacts=("fp16", "fp32"), warmup=False)
+    with pytest.raises(RecipeError, match="unknown key 'batch'") as info:
+        parse_recipe({"triton": {"batch": 4}}, Path("triton.toml"))
+    assert "max_batch_size" in info.value.hint
     with pytest.raises(RecipeError, match="wrong type"):
-        options_from_recipe({"instances": True})
+        parse_recipe({"triton": {"instances": True}}, Path("triton.toml"))
 
 
 def test_triton_package_is_torch_free():
@@ -301,7 +303,7 @@ class Blocker:
         if name.split('.')[0] in ('torch', 'transformers', 'optimum'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Blocker())
-import edgemm.triton, edgemm.triton.python_models, edgemm.triton.recipe, edgemm.cli.triton_cmd
+import edgemm.triton, edgemm.triton.python_models, edgemm.recipes, edgemm.cli.triton_cmd
 bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum')]
 assert not bad, bad
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgemm.runtime.backends.base import Backend
-from edgemm.runtime.backends.onnxruntime import OrtBackend, available_devices
+from edgemm.runtime.backends.onnxruntime import OrtBackend
+from edgemm.runtime.sessions import available_devices
 
 __all__ = ["Backend", "OrtBackend", "available_devices"]

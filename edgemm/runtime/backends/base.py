@@ -73,17 +73,18 @@ class Backend(ABC):
 
         Raises:
             InvalidInputError: A name is missing or unknown, or a dtype / fixed axis is wrong.
-            RuntimeFailure: The engine failed.
+            RuntimeFailure: The engine itself failed (its exception is the ``__cause__``, so a
+                caller can still tell e.g. a poisoned CUDA context). Any other exception is a
+                bug in edgemm and propagates unchanged, traceback included.
         """
         if not self._active:
             self.activate()
         self.check_feed(feed)
         try:
             return self._run_impl(feed)
-        except (InvalidInputError, RuntimeFailure):
-            raise
-        except Exception as exc:  # engine errors arrive as many types; report them uniformly
-            raise RuntimeFailure(f"{self.name} failed: {exc}", hint="Run `edgemm verify` on the bundle.") from exc
+        except self._engine_errors() as exc:
+            raise RuntimeFailure(f"{self.name} failed: {exc}", hint="Run `edgemm verify` on the bundle.",
+                                 details={"engine_error": type(exc).__name__}) from exc
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         """Validate names, dtypes, ranks, fixed axes and shared dynamic axes of ``feed``."""
@@ -139,3 +140,7 @@ class Backend(ABC):
 
     @abstractmethod
     def _device_impl(self) -> str: ...
+
+    def _engine_errors(self) -> tuple[type[BaseException], ...]:
+        """The engine's own exception types: only these become :class:`RuntimeFailure`."""
+        return ()

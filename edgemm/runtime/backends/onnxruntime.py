@@ -10,29 +10,17 @@ from typing import Any
 import numpy as np
 
 from edgemm.bundle.manifest import TensorSpec
-from edgemm.errors import BackendUnavailableError, DeviceFallbackError, RuntimeFailure, UsageError
+from edgemm.errors import DeviceFallbackError, RuntimeFailure, UsageError
 from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.sessions import (
+    OPTIMIZATION_LEVELS,
+    PROVIDERS,
+    create_session,
+    default_threads,
+    engine_errors,
+)
 
 log = logging.getLogger("edgemm.runtime")
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-
-
-def _ort():  # imported lazily: `edgemm --help` must not pay for onnxruntime
-    import onnxruntime
-
-    return onnxruntime
-
-
-def available_devices() -> list[str]:
-    """Devices ONNX Runtime can use here, best first (e.g. ``["cuda", "cpu"]``)."""
-    providers = set(_ort().get_available_providers())
-    return [d for d in ("cuda", "cpu") if PROVIDERS[d] in providers]
-
-
-def _dims(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 def tensorrt_ep_options(inputs: list[TensorSpec], cache_dir: str | os.PathLike[str], *, fp16: bool = False,
@@ -65,7 +53,7 @@ def tensorrt_ep_options(inputs: list[TensorSpec], cache_dir: str | os.PathLike[s
         for spec in inputs:
             for k, which in enumerate(("min", "opt", "max")):
                 dims = tuple(d if isinstance(d, int) else int(table.get(d, spec.profile[d])[k]) for d in spec.shape)
-                shapes[which].append(f"{spec.name}:{_dims(dims)}")
+                shapes[which].append(f"{spec.name}:{'x'.join(str(d) for d in dims)}")
     cache = Path(cache_dir)
     options = {
         "device_id": str(device_id),
@@ -87,19 +75,6 @@ def tensorrt_ep_options(inputs: list[TensorSpec], cache_dir: str | os.PathLike[s
         options["trt_dump_ep_context_model"] = "True"
         options["trt_ep_context_file_path"] = str(ep_context)
     return options
-
-
-def default_threads() -> int:
-    """Intra-op threads for a kiosk CPU: the cores this process may use, at most 4.
-
-    More threads than cores thrash; beyond 4 a small fusion model gains little while the
-    kiosk UI and the HTTP server starve.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
 
 
 class OrtBackend(Backend):
@@ -152,48 +127,13 @@ class OrtBackend(Backend):
         self._session: Any = None
         self._output_names = [spec.name for spec in output_specs]
 
-    def _session_options(self) -> Any:
-        ort = _ort()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        return opts
-
     def _activate_impl(self) -> None:
-        ort = _ort()
         wanted = PROVIDERS[self.requested_device]
-        available = ort.get_available_providers()
-        if wanted not in available:
-            hint = (
-                "Install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime; "
-                "pip install 'edgemm[gpu]'), or use --device cpu."
-                if self.requested_device in ("cuda", "tensorrt")
-                else "Reinstall onnxruntime."
-            )
-            raise BackendUnavailableError(
-                f"ONNX Runtime here has no {wanted} (available: {', '.join(available)}).", hint=hint
-            )
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if self.requested_device == "cuda":
-            providers = [(wanted, {"device_id": self.device_id}), "CPUExecutionProvider"]
-        elif self.requested_device == "tensorrt":
-            # Subgraphs TensorRT cannot take run on CUDA, then the CPU (ORT partitions the graph).
-            options = {"device_id": str(self.device_id), **self.provider_options}
-            providers = [(wanted, options), ("CUDAExecutionProvider", {"device_id": self.device_id}),
-                         "CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), sess_options=self._session_options(), providers=providers
-            )
-        except Exception as exc:
+            self._session = create_session(self.model_path, device=self.requested_device, device_id=self.device_id,
+                                           threads=self.threads, optimization=self.optimization,
+                                           provider_options=self.provider_options)
+        except engine_errors() as exc:
             raise RuntimeFailure(
                 f"ONNX Runtime could not load {self.model_path.name}: {exc}",
                 hint="Run `edgemm verify` on the bundle; re-export it if verification fails.",
@@ -210,6 +150,9 @@ class OrtBackend(Backend):
                 )
             log.warning("degraded: %s", reason)
             self.degraded = reason
+
+    def _engine_errors(self) -> tuple[type[BaseException], ...]:
+        return engine_errors()
 
     def _deactivate_impl(self) -> None:
         self._session = None

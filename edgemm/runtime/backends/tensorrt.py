@@ -83,7 +83,7 @@ class TensorRTBackend(Backend):
         """
         decision = check_engine(artifact.requirements, host or probe_host(), policy)
         if not decision.ok:
-            hint = rebuild_hint(root, artifact.requirements.get("built_with", {}).get("source_artifact", artifact.name)) \
+            hint = rebuild_hint(root, artifact.source_artifact) \
                 if decision.rebuildable else "Use --device cuda or cpu (the bundle's ONNX artifacts run everywhere)."
             raise BackendUnavailableError(f"TensorRT engine {artifact.name!r} is {decision.summary()}.", hint=hint,
                                           details={"compat": decision.to_dict()})

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.manifest import ModalitySpec
 from edgemm.errors import InvalidInputError, MissingModalityError
 from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
 from edgemm.runtime.preprocess.image import decode_image, preprocess_images
@@ -32,7 +33,7 @@ class Preprocessor:
 
     def __init__(self, bundle_dir: Path, preprocessing: dict[str, dict[str, Any]], modalities: dict[str, dict[str, Any]]):
         self.preprocessing = preprocessing
-        self.modalities = modalities
+        self.modalities = {name: ModalitySpec.from_dict(info) for name, info in modalities.items()}
         self.text = TextPreprocessor(Path(bundle_dir), preprocessing["text"]) if "text" in preprocessing else None
 
     def __call__(
@@ -71,19 +72,20 @@ class Preprocessor:
                 raise MissingModalityError(f"The request has no {modality}.", hint="Send at least one input.")
             items = list(items) if items is not None else [None] * n
             present = np.array([item is not None for item in items], dtype=np.float32)
-            if not present.all() and info.get("required", True):
+            if not present.all() and info.required:
                 raise MissingModalityError(
                     f"The model requires {modality} but {int((present == 0).sum())} of {n} request(s) lack it.",
                     hint=f"Send {modality} with every request.",
                 )
             feed.update(self._modality_feed(modality, items, text_pad_to=text_pad_to, audio_pad_to=audio_pad_to))
-            if info.get("presence_input"):
-                feed[info["presence_input"]] = present
+            if info.presence_input:
+                feed[info.presence_input] = present
         return feed
 
     def _shares_batch(self, modality: str) -> bool:
         # CLIP-style similarity models take the text candidates on their own batch axis.
-        return self.modalities.get(modality, {}).get("batch_axis", "batch") == "batch"
+        spec = self.modalities.get(modality)
+        return spec is None or spec.batch_axis == "batch"
 
     def _modality_feed(self, modality: str, items: list[Any], *, text_pad_to: int | None,
                        audio_pad_to: int | None) -> dict[str, np.ndarray]:
