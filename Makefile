@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export EDGEMM_CACHE ?= $(CURDIR)/$(OUT)/cache
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup wheelhouse demo test lint clean
 
 setup: $(VENV)/.edgemm-setup
 
@@ -32,8 +32,13 @@ demo: setup
 	$(BIN)/edgemm predict $(OUT)/reference.bundle --text seven --image $(OUT)/inputs/digit-7.png
 	$(BIN)/edgemm bench $(OUT)/reference.bundle --checkpoint $(OUT)/reference-ckpt --iterations 100 -o $(OUT)/bench
 
-test: setup
+test: setup wheelhouse
 	$(BIN)/python -m pytest
+
+# The wheels that tests/packaging installs into fresh environments with pip --no-index (so the
+# test run stays offline); downloaded again only when pyproject.toml, the constraints or torch change.
+wheelhouse: setup
+	$(BIN)/python -m tests.packaging.wheelhouse
 
 lint: setup
 	$(BIN)/ruff check edgemm tests

@@ -63,6 +63,7 @@ class BenchReport:
 
     @property
     def budget_failures(self) -> list[str]:
+        """Latency budgets that were exceeded (``--max-p99-ms`` …), one line each; empty when all held."""
         return self.document.get("budgets", {}).get("failures", [])
 
 

@@ -90,6 +90,7 @@ def _child_edgemm(bundle: Path, artifact: str | None, device: str, threads: int 
 
 
 def main() -> None:
+    """Child-process entry point (``python -m edgemm.bench.coldstart``): load, predict once, print the phases as JSON."""
     parser = argparse.ArgumentParser(description="cold-start child (internal)")
     parser.add_argument("kind", choices=CHILDREN)
     parser.add_argument("bundle", type=Path)
@@ -103,7 +104,8 @@ def main() -> None:
     else:
         from edgemm.bench.peers import cold_start_child  # the peers' side of the story needs torch
 
-        import_s, load_s, first = cold_start_child(args.kind, args.bundle, args.checkpoint, args.device, args.threads)
+        import_s, load_s, first = cold_start_child(args.kind, args.bundle, args.checkpoint, args.device, args.threads,
+                                                   first_request(args.bundle))
     t = time.perf_counter()
     first()
     first_s = time.perf_counter() - t

@@ -23,18 +23,28 @@ class Contender(Protocol):
     device: str
     info: dict[str, Any]
 
-    def e2e(self, raw: dict[str, list[Any]]) -> Any: ...
+    def e2e(self, raw: dict[str, list[Any]]) -> Any:
+        """One end-to-end call: raw inputs (``modality → list of items``) → predictions, preprocessing included."""
+        ...
 
-    def native(self, feed: dict[str, np.ndarray]) -> Any: ...
+    def native(self, feed: dict[str, np.ndarray]) -> Any:
+        """Convert an edgemm feed into this contender's own input format (outside the timed region)."""
+        ...
 
-    def model(self, native: Any) -> Any: ...
+    def model(self, native: Any) -> Any:
+        """One model-only call on an input from :meth:`native` (what is timed as "model only")."""
+        ...
 
-    def logits(self, native: Any) -> np.ndarray: ...
+    def logits(self, native: Any) -> np.ndarray:
+        """The classifying output for ``native`` as float64 numpy (for accuracy drift)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the session / model and its memory."""
+        ...
 
 
-class EdgemmContender:
+class EdgemmContender(Contender):
     """One artifact of a bundle through :class:`edgemm.runtime.Predictor` (ONNX Runtime)."""
 
     kind = "edgemm"

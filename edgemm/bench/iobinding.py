@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bench.contenders import Contender
 from edgemm.bundle.manifest import Manifest
 from edgemm.errors import BackendUnavailableError, EdgemmError, UsageError
 from edgemm.runtime.sessions import PROVIDERS, create_session
@@ -44,7 +45,7 @@ class BoundShape:
     outputs: dict[str, Any]
 
 
-class IOBindingContender:
+class IOBindingContender(Contender):
     """An artifact in fixed-shape sessions with IO binding (and CUDA graphs on ``cuda``).
 
     ``native(feed)`` copies the feed into the device tensors of the session for its shape

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgemm._deps import require
+from edgemm.bench.contenders import Contender
 from edgemm.errors import InputPathError, UsageError
 from edgemm.runtime.postprocess import softmax
 from edgemm.runtime.sessions import session_options as ort_session_options
@@ -89,7 +90,7 @@ def _load_model(checkpoint: Path) -> Any:
     return FusionModel.from_pretrained(checkpoint).eval()
 
 
-class TorchEager:
+class TorchEager(Contender):
     """The FusionModel in PyTorch eager mode."""
 
     kind = "peer"
@@ -153,7 +154,7 @@ class TorchEager:
         del self.net, self.forward
 
 
-class OptimumPipeline:
+class OptimumPipeline(Contender):
     """``optimum.onnxruntime.ORTModelForCustomTasks`` on the bundle's FP32 graph + transformers processors."""
 
     kind = "peer"
@@ -222,12 +223,20 @@ def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads
     raise UsageError(f"Unknown peer {name!r}.", hint=f"Peers: {', '.join(PEERS)}.")
 
 
-def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str,
-                     threads: int | None) -> tuple[float, float, Any]:
-    """Child side of a peer's cold start: (import seconds, load seconds, first-prediction callable)."""
-    import importlib
+def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str, threads: int | None,
+                     request: dict[str, Any]) -> tuple[float, float, Any]:
+    """Child side of a peer's cold start.
 
-    from edgemm.bench.coldstart import first_request
+    Args:
+        kind: ``torch-eager`` or ``optimum``.
+        bundle / checkpoint: What the peer loads.
+        device / threads: Where it runs.
+        request: The first request, one raw item per modality.
+
+    Returns:
+        (import seconds, load seconds, a callable that makes the first prediction).
+    """
+    import importlib
 
     t0 = time.perf_counter()
     for module in ("torch", "transformers") if kind == "torch-eager" else ("torch", "transformers", "optimum.onnxruntime"):
@@ -236,5 +245,5 @@ def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str,
     peer = TorchEager(checkpoint, device=device, threads=threads) if kind == "torch-eager" else \
         OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
     t2 = time.perf_counter()
-    request = {m: [v] for m, v in first_request(bundle).items()}
-    return t1 - t0, t2 - t1, lambda: peer.e2e(request)
+    batch = {m: [v] for m, v in request.items()}
+    return t1 - t0, t2 - t1, lambda: peer.e2e(batch)

@@ -37,6 +37,14 @@ class TimingOptions:
 
 @dataclass
 class Measurement:
+    """One timed block: a contender in one mode (``e2e`` / ``model``) at one batch size and sequence length.
+
+    Attributes:
+        contender / mode / batch / seq: What was timed.
+        stats: Latency statistics (p50 / p90 / p99 / mean / std / min / max, throughput).
+        error: Why the block could not run (then ``stats`` is empty).
+        telemetry: Power, energy and device memory over the block, where measured.
+    """
     contender: str
     mode: str
     batch: int
@@ -46,6 +54,7 @@ class Measurement:
     telemetry: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The measurement as one flat JSON-ready row (``bench.json`` / ``bench.csv``)."""
         return {"contender": self.contender, "mode": self.mode, "batch": self.batch, "seq": self.seq,
                 **self.stats, **({"error": self.error} if self.error else {}), **self.telemetry}
 

@@ -131,6 +131,7 @@ class OutputComparison:
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
+        """The comparison as a JSON-ready dict (stored in the manifest's validation records)."""
         return asdict(self)
 
 

@@ -104,6 +104,28 @@ def classifying_outputs(task: str, primary: str) -> set[str]:
     return {primary} if task in CLASSIFYING_TASKS else set()
 
 
+class InterfaceRules:
+    """Questions about a model interface, answered by one rule each.
+
+    Shared by :class:`Manifest` and the build side's ``ExportSpec``, which both carry ``task``,
+    ``outputs``, ``postprocessing`` and ``modalities``.
+    """
+
+    @property
+    def primary_output(self) -> str:
+        """The output that holds the logits / scores (see :func:`primary_output`)."""
+        return primary_output(self.postprocessing, self.outputs)  # type: ignore[attr-defined]
+
+    @property
+    def classifying_outputs(self) -> set[str]:
+        """Outputs whose top-1 is compared (see :func:`classifying_outputs`)."""
+        return classifying_outputs(self.task, self.primary_output)  # type: ignore[attr-defined]
+
+    def modality_specs(self) -> dict[str, ModalitySpec]:
+        """Every modality's typed entry, in manifest order."""
+        return {name: ModalitySpec.from_dict(info) for name, info in self.modalities.items()}  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A runnable model file (plus companions such as ONNX external data) and its measurements."""
@@ -152,7 +174,7 @@ class Artifact:
 
 
 @dataclass
-class Manifest:
+class Manifest(InterfaceRules):
     """The whole ``edgemm.json``. Build it, then :func:`edgemm.bundle.write_manifest` hashes files."""
 
     name: str
@@ -181,25 +203,11 @@ class Manifest:
         valid = ", ".join(a.name for a in self.artifacts)
         raise BundleError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
 
-    @property
-    def primary_output(self) -> str:
-        """The output that holds the logits / scores (see :func:`primary_output`)."""
-        return primary_output(self.postprocessing, self.outputs)
-
-    @property
-    def classifying_outputs(self) -> set[str]:
-        """Outputs whose top-1 is compared (see :func:`classifying_outputs`)."""
-        return classifying_outputs(self.task, self.primary_output)
-
     def modality(self, name: str) -> ModalitySpec:
         """The typed entry of modality ``name``; raises BundleError if the bundle has no such modality."""
         if name not in self.modalities:
             raise BundleError(f"The bundle has no modality {name!r}.", hint=f"It takes: {', '.join(self.modalities)}.")
         return ModalitySpec.from_dict(self.modalities[name])
-
-    def modality_specs(self) -> dict[str, ModalitySpec]:
-        """Every modality's typed entry, in manifest order."""
-        return {name: ModalitySpec.from_dict(info) for name, info in self.modalities.items()}
 
     def tolerance(self, artifact: Artifact | str) -> Tolerance:
         """How far ``artifact`` may drift from its recorded outputs: its own recorded tolerance,

@@ -39,15 +39,18 @@ class LazyGroup(click.Group):
     """A group that imports each command's module on first use (fast, torch-free ``--help``)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, from the table (nothing is imported)."""
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Import the named command's module and return the command (None for an unknown name)."""
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; an :class:`EdgemmError` becomes ``Error:`` / ``Hint:`` and its exit code."""
         try:
             return super().invoke(ctx)
         except EdgemmError as exc:
@@ -55,6 +58,7 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from COMMANDS so listing commands imports nothing.
+        """The command list in ``--help``, from the table, so listing them imports nothing."""
         with formatter.section("Commands"):
             formatter.write_dl([(name, info[2]) for name, info in COMMANDS.items()])
 
@@ -81,6 +85,7 @@ class UserFacingError(click.ClickException):
         self.as_json = as_json
 
     def show(self, file: Any = None) -> None:
+        """Print the error: ``Error:`` / ``Hint:`` on stderr, plus one JSON document on stdout with ``--json``."""
         if self.as_json:
             emit_json({"ok": False, "error": self.error.to_dict()})
         click.echo(f"Error: {self.error.message}", err=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgemm._deps import require
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
 
@@ -56,6 +57,8 @@ def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: st
     Contenders are interleaved on identical inputs; the report gives p50/p90/p99 end to end and
     model only, throughput, cold start and peak memory in fresh processes, and accuracy drift.
     """
+    if out is not None:  # before the run, not after it: -o writes the plots
+        require("matplotlib", purpose="the plots that bench -o writes")
     from edgemm.bench.bench import BenchConfig, check_budgets, run_bench
     from edgemm.bench.report import table, write_reports
     from edgemm.bench.runner import TimingOptions

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgemm._deps import require_all
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import InputPathError, UsageError
 
@@ -57,10 +58,16 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     The graph is checked against PyTorch at several shapes; a mismatch fails with exit code 4
     unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle verified.
     """
+    # Checked before the build side is imported, which would otherwise end in a traceback.
+    require_all("torch", "transformers", "onnx", "onnxscript", "safetensors", purpose="edgemm export")
     from edgemm.export.pipeline import ExportOptions, export_bundle
     from edgemm.recipes import load_recipe
 
     recipe = load_recipe(target)
+    if recipe.triton is not None:  # the repository is written after the export: fail before it instead
+        from edgemm.triton.pbtxt import model_config_pb2
+
+        model_config_pb2()
     options = ExportOptions(
         recipe=recipe,
         exporter=exporter,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgemm._deps import require_all
 from edgemm.cli import emit_json, json_option
 
 
@@ -48,13 +49,15 @@ def train(output: Path, data: str, name: str | None, text: str, image: str, audi
     The defaults train the digit-match reference model: pretrained MiniLM-L6 text encoder with
     LoRA, a compact ResNet on the digit scans, concat fusion.
     """
+    use_lora = lora and _none(text) is not None and unfreeze_last is None
+    require_all("torch", "transformers", "safetensors", *(("peft",) if use_lora else ()), purpose="edgemm train")
     from edgemm.train.trainer import LoraOptions, TrainConfig
     from edgemm.train.trainer import train as run
 
     config = TrainConfig(
         output=output, data=data, name=name, text=_none(text), image=_none(image), audio=_none(audio), fusion=fusion,
         fusion_dim=fusion_dim, freeze=freeze, unfreeze_last=unfreeze_last,
-        lora=LoraOptions(r=lora_r, alpha=2 * lora_r) if lora and _none(text) and unfreeze_last is None else None,
+        lora=LoraOptions(r=lora_r, alpha=2 * lora_r) if use_lora else None,
         epochs=epochs, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, schedule=schedule, warmup=warmup,
         patience=patience, metric=metric, seed=seed, max_train_records=max_train_records,
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemm._deps import require
 from edgemm.data.dataset import SPLITS, Dataset, load_dataset
 from edgemm.staging import staged_directory
 
@@ -89,14 +90,14 @@ def _split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
 def generate(out: Path, config: DigitMatchConfig = DigitMatchConfig()) -> Path:
     """Write the digit-match dataset to ``out`` (atomically) and return it."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
+    datasets = require("sklearn.datasets", purpose="generating the digit-match dataset")
     with_audio = espeak_available() if config.audio is None else config.audio
     if with_audio and not espeak_available():
         from edgemm.errors import MissingDependencyError
 
         raise MissingDependencyError("Spoken answers need espeak-ng.", hint="apt-get install espeak-ng, or generate without audio.")
-    digits = load_digits()
+    digits = datasets.load_digits()
     out = Path(out)
     with staged_directory(out, replace=True) as staging:
         (staging / "images").mkdir()
@@ -158,6 +159,7 @@ def write_samples(dataset: Dataset, folder: Path, *, digits: tuple[int, ...] = (
 
 
 def main() -> None:
+    """``python -m edgemm.data.digit_match OUT``: generate the dataset (and sample scans with ``--samples``)."""
     parser = argparse.ArgumentParser(description="Generate the digit-match dataset.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)

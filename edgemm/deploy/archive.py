@@ -66,13 +66,16 @@ class Statement:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of all listed files together (what an install needs on disk)."""
         return sum(size for _, size, _ in self.files)
 
     @property
     def digest(self) -> str:
+        """sha256 of the statement's exact bytes (what the signature covers)."""
         return hashlib.sha256(self.raw).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
+        """Summary for reports: name, version, file count, bytes and the statement's sha256."""
         return {"name": self.name, "version": self.version, "files": len(self.files),
                 "bytes": self.total_bytes, "statement_sha256": self.digest}
 
@@ -208,6 +211,7 @@ def pack(bundle: Path, output: Path, *, key: Path, version: str, force: bool = F
 
 @dataclass
 class Member:
+    """One archive member as the header describes it: its name and size."""
     name: str
     size: int
 
@@ -260,6 +264,11 @@ class ArchiveReader:
         return Member(text, size)
 
     def read_small(self, member: Member, cap: int) -> bytes:
+        """Read a small member (statement, signature) whole, refusing one larger than ``cap`` bytes.
+
+        Raises:
+            ArchiveError: The member is larger than ``cap`` or the archive ends early.
+        """
         if member.size > cap:
             raise ArchiveError(f"Archive member {member.name!r} is {member.size} bytes; at most {cap} expected.")
         data = self._read_exact(member.size)
@@ -267,6 +276,11 @@ class ArchiveReader:
         return data
 
     def stream(self, member: Member) -> Iterator[bytes]:
+        """Yield a member's bytes in bounded chunks (bundle files are never read whole).
+
+        Raises:
+            ArchiveError: The archive ends before the member does.
+        """
         left = member.size
         while left:
             chunk = self._read_exact(min(_CHUNK, left))

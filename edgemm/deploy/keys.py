@@ -78,6 +78,11 @@ def load_private_key(path: Path) -> Any:
 
 
 def load_public_key_bytes(data: bytes) -> Any:
+    """Parse a PEM Ed25519 public key.
+
+    Raises:
+        UsageError: The bytes are not a PEM Ed25519 public key (exit 2).
+    """
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 

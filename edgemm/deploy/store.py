@@ -49,6 +49,7 @@ from edgemm.errors import (
     InputPathError,
     UsageError,
 )
+from edgemm.staging import fsync_directory, staged_directory
 
 log = logging.getLogger("edgemm.deploy")
 
@@ -64,14 +65,6 @@ def _checkpoint() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class InstalledBundle:
     """One installed bundle: its directory, the bundle inside, and its signed statement."""
@@ -81,14 +74,17 @@ class InstalledBundle:
 
     @property
     def bundle(self) -> Path:
+        """The bundle directory of this installation."""
         return self.root / "bundle"
 
     @property
     def version(self) -> str:
+        """The version the signed statement gives."""
         return str(self.statement["version"])
 
     @property
     def name(self) -> str:
+        """The bundle name the signed statement gives."""
         return str(self.statement["name"])
 
 
@@ -124,6 +120,7 @@ class DeviceStore:
         return self._resolve("active")
 
     def previous(self) -> InstalledBundle | None:
+        """The bundle that was active before the current one (what ``--rollback`` restores), or None."""
         return self._resolve("previous")
 
     # -- writing ----------------------------------------------------------------------
@@ -146,7 +143,7 @@ class DeviceStore:
         _checkpoint()
         os.replace(tmp, self.root / link)
         _checkpoint()
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         _checkpoint()
 
     def install(self, archive: Path, trusted_key: Path, *, device: str = "cpu", canary: bool = True,
@@ -169,10 +166,9 @@ class DeviceStore:
             raise InputPathError(f"Archive {archive} does not exist.")
         public_key = load_public_key(trusted_key)
         with self._locked():
-            staging = self.root / "staging"
-            shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted install
+            staging_root = self.root / "staging"
+            shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of an interrupted install
             (self.root / "bundles").mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
             with open(archive, "rb") as fh:
                 reader = ArchiveReader(fh, file_size=os.fstat(fh.fileno()).st_size)
                 statement = read_signed_statement(reader, public_key)
@@ -180,23 +176,20 @@ class DeviceStore:
                 self._check_version(statement, current, allow_same_version)
                 self._check_space(statement, max_total_bytes)
                 install_id = f"{statement.version}-{statement.digest[:12]}"
-                work = staging / install_id
-                self._extract(reader, statement, work / "bundle")
-            (work / "statement.json").write_bytes(statement.raw)
-            _fsync_dir(work)
-            _checkpoint()
-            # Every byte was hashed against the signed statement while it was written; what is
-            # left to prove is that the statement and the manifest describe the same files.
-            manifest = verify_bundle(work / "bundle", check_hashes=False)
-            _check_statement_matches(statement, manifest)
-            report = self._canary(work / "bundle", device) if canary else {"skipped": True}
-            final = self.root / "bundles" / install_id
-            if final.exists():
                 if current is not None and current.root.name == install_id:
                     raise DowngradeError(f"Version {statement.version} is already active.")
-                shutil.rmtree(final)
-            os.replace(work, final)
-            _fsync_dir(self.root / "bundles")
+                final = self.root / "bundles" / install_id
+                # Staged under staging/ (cleared by the next install if this one is killed) and
+                # renamed into bundles/ only once extracted, fsynced, verified and canaried.
+                with staged_directory(final, replace=True, staging_root=staging_root) as work:
+                    self._extract(reader, statement, work / "bundle")
+                    (work / "statement.json").write_bytes(statement.raw)
+                    _checkpoint()
+                    # Every byte was hashed against the signed statement while it was written; what
+                    # is left to prove is that the statement and the manifest describe the same files.
+                    manifest = verify_bundle(work / "bundle", check_hashes=False)
+                    _check_statement_matches(statement, manifest)
+                    report = self._canary(work / "bundle", device) if canary else {"skipped": True}
             _checkpoint()
             if current is not None:
                 self._switch("previous", current.root.name)
@@ -208,7 +201,7 @@ class DeviceStore:
                     self._switch("active", current.root.name)
                 raise
             self._prune()
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging_root, ignore_errors=True)
         log.info("installed %s %s (was %s)", statement.name, statement.version, current.version if current else None)
         return {"installed": statement.version, "name": statement.name, "id": install_id,
                 "previous": current.version if current else None, "canary": _canary_summary(report)}
@@ -278,8 +271,6 @@ class DeviceStore:
                 raise ArchiveError(f"{path!r} does not match its signed sha256.", hint="The archive is corrupt.")
         if reader.next_member() is not None:
             raise ArchiveError("The archive has members beyond the signed list.")
-        for folder in sorted({p.parent for p in dest.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-            _fsync_dir(folder)
 
     @staticmethod
     def _canary(bundle: Path, device: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class OrderedIO:
 
 
 def to_torch(feed: dict[str, np.ndarray], names: list[str]) -> tuple[Any, ...]:
+    """The feed's arrays as torch tensors, in ``names`` order (the graph's positional inputs)."""
     torch = require("torch")
     return tuple(torch.from_numpy(np.ascontiguousarray(feed[name])) for name in names)
 

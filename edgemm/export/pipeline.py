@@ -81,6 +81,7 @@ class ExportReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as the JSON document ``edgemm export --json`` prints."""
         gate = self.manifest.validation.get("gate")
         return {
             "bundle": str(self.bundle),
@@ -427,7 +428,7 @@ def _golden_set(module: Any, spec: ExportSpec, staging: Path, size: int) -> Gold
     raw = raw_batch(spec, case, seed=7)
     # Golden images share one size so they stack into one array.
     if "image" in raw:
-        from edgemm.runtime.preprocess.image import synthesize_image
+        from edgemm.data.synthetic import synthesize_image
 
         raw["image"] = [None if x is None else synthesize_image(48, 64, seed=70 + i) for i, x in enumerate(raw["image"])]
     feed = Preprocessor(staging, spec.preprocessing, spec.modalities)(raw)

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.data.synthetic import synthesize_image, synthesize_speechlike
 from edgemm.errors import ExportError
 from edgemm.models.spec import ExportSpec, ShapeCase
-from edgemm.runtime.preprocess.audio import synthesize_speechlike
-from edgemm.runtime.preprocess.image import synthesize_image
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 
 # Answers a child gives at a learning kiosk, plus longer and multilingual text.
@@ -34,7 +33,20 @@ TEXTS = (
 
 
 def raw_batch(spec: ExportSpec, case: ShapeCase, *, seed: int = 0) -> dict[str, list[Any]]:
-    """Raw inputs for ``case``: per modality a list with ``None`` for absent optional rows."""
+    """Raw inputs for ``case``: per modality a list with ``None`` for absent optional rows.
+
+    Texts come from :data:`TEXTS` (empty or overlong where the case asks for the shortest or
+    longest sequence), images and speech-like audio from :mod:`edgemm.data.synthetic`, with
+    sizes and durations varying by row so that resizing and padding are exercised.
+
+    Args:
+        spec: The model's export spec (modalities and preprocessing).
+        case: The shape case (sizes per axis, absent rows per modality).
+        seed: Varies the synthetic images and audio; equal seeds give equal batches.
+
+    Returns:
+        ``modality -> list of raw items`` (strings, uint8 HxWx3 arrays, ``(samples, rate)``).
+    """
     batch = case.sizes.get("batch", 1)
     out: dict[str, list[Any]] = {}
     for modality, info in spec.modalities.items():
@@ -68,7 +80,23 @@ def _text_for(case: ShapeCase, row: int) -> str:
 
 
 def case_feed(spec: ExportSpec, case: ShapeCase, bundle_dir: Path, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """The model feed for ``case``, exactly at the case's sizes."""
+    """The model feed for ``case``, exactly at the case's sizes.
+
+    Built by the spec's own ``make_feed`` when it has one, otherwise by pushing
+    :func:`raw_batch` through the runtime :class:`Preprocessor`, the path the kiosk runs.
+
+    Args:
+        spec: The model's export spec.
+        case: The shape case to build.
+        bundle_dir: Directory the preprocessing paths (``tokenizer.json``) are relative to.
+        seed: Varies the raw samples.
+
+    Returns:
+        The feed by ONNX input name.
+
+    Raises:
+        ExportError: The feed's input names or shapes differ from what the spec declares.
+    """
     if spec.make_feed is not None:
         feed = spec.make_feed(case, bundle_dir, np.random.default_rng(seed))
     else:

@@ -78,6 +78,7 @@ class EncoderConfig:
         return cls(modality, config["model_type"], config, pooling or default_pooling)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as saved in ``fusion_config.json`` (without the in-memory ``source``)."""
         data = asdict(self)
         data.pop("source")
         return data
@@ -178,13 +179,11 @@ class FusionConfig:
 
     @property
     def num_outputs(self) -> int:
-        if self.head.type == "matching":
-            return 1
-        if self.head.type == "regression":
-            return len(self.labels)
-        return len(self.labels)
+        """Width of the head's output: 1 match logit for ``matching``, else one per label."""
+        return 1 if self.head.type == "matching" else len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as saved in ``fusion_config.json``."""
         return {
             "format": self.format,
             "name": self.name,
@@ -198,6 +197,11 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
+        """Parse a ``fusion_config.json`` document.
+
+        Raises:
+            UnsupportedModelError: Another format version, or an unknown encoder / fusion / head.
+        """
         if data.get("format") != FORMAT:
             raise UnsupportedModelError(
                 f"Unsupported fusion config format {data.get('format')!r}; expected {FORMAT!r}."
@@ -216,10 +220,17 @@ class FusionConfig:
             raise UsageError(f"Malformed {CONFIG_NAME}: {exc}", hint="Save the model with FusionModel.save_pretrained.") from exc
 
     def save(self, folder: Path) -> None:
+        """Write ``fusion_config.json`` into ``folder``."""
         (folder / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> FusionConfig:
+        """Read ``fusion_config.json`` from a FusionModel directory.
+
+        Raises:
+            InputPathError: The directory has no ``fusion_config.json``.
+            UnsupportedModelError: The file is not a config this edgemm reads.
+        """
         path = Path(folder) / CONFIG_NAME
         if not path.is_file():
             raise InputPathError(f"{folder} has no {CONFIG_NAME}.", hint="Point at a directory saved by FusionModel.save_pretrained.")

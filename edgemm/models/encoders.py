@@ -27,6 +27,13 @@ WHISPER_INPUTS = ("input_features",)
 
 @dataclass
 class EncoderOutput:
+    """What every encoder hands the fusion module.
+
+    Attributes:
+        tokens: ``[B, T, D]`` per-token / per-patch / per-frame states.
+        mask: ``[B, T]`` validity of each token (None: all valid).
+        pooled: ``[B, D]`` one vector per row.
+    """
     tokens: torch.Tensor
     mask: torch.Tensor | None
     pooled: torch.Tensor
@@ -102,6 +109,7 @@ class TextEncoder(nn.Module):
             raise UsageError(f"{enc.architecture} has no pooler; use pooling 'mean' or 'cls'.")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
+        """Encode token ids ``[B, S]`` with their attention mask into tokens, mask and a pooled vector."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         states = out.last_hidden_state
         mask = attention_mask.bool()
@@ -128,6 +136,7 @@ class VisionEncoder(nn.Module):
         self.hidden_size = int(cfg.hidden_sizes[-1] if self.convolutional else cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
+        """Encode ``pixel_values`` ``[B, C, H, W]``; feature maps of convolutional models become patch tokens."""
         out = self.model(pixel_values=pixel_values)
         states = out.last_hidden_state
         if self.convolutional:
@@ -158,6 +167,7 @@ class WaveformAudioEncoder(nn.Module):
         self.pass_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
 
     def forward(self, input_values: torch.Tensor, audio_attention_mask: torch.Tensor) -> EncoderOutput:
+        """Encode raw waveforms ``[B, L]``; the sample mask becomes a frame mask for pooling."""
         mask_arg = audio_attention_mask if self.pass_mask else None
         states = self.model(input_values=input_values, attention_mask=mask_arg).last_hidden_state
         frame_mask = self.model._get_feature_vector_attention_mask(states.shape[1], audio_attention_mask).bool()
@@ -175,6 +185,7 @@ class WhisperAudioEncoder(nn.Module):
         self.hidden_size = int(self.model.config.d_model)
 
     def forward(self, input_features: torch.Tensor) -> EncoderOutput:
+        """Encode a fixed 30 s log-mel window ``[B, 80, 3000]`` (Whisper pads every input to it)."""
         states = self.model(input_features=input_features).last_hidden_state
         return EncoderOutput(states, None, states.mean(dim=1))
 
@@ -204,6 +215,7 @@ class LogMelCNNEncoder(nn.Module):
         self.hidden_size = width
 
     def forward(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor) -> EncoderOutput:
+        """Encode log-mel features ``[B, n_mels, T]``; padded frames are masked at every stride."""
         x = input_features
         mask = audio_attention_mask.to(x.dtype)
         for conv in self.convs:

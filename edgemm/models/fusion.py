@@ -29,6 +29,7 @@ class ConcatFusion(nn.Module):
         self.out_dim = spec.dim * len(modalities)
 
     def forward(self, feats: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate each modality's pooled vector (zeroed where the row lacks it), then normalise."""
         parts = [feats[m].pooled * present[m].unsqueeze(-1) for m in self.modalities]
         return self.norm(torch.cat(parts, dim=-1))
 
@@ -45,6 +46,7 @@ class GatedFusion(nn.Module):
         self.out_dim = spec.dim
 
     def forward(self, feats: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of per-modality projections; the weights come from the input and absent modalities get none."""
         pooled = [feats[m].pooled * present[m].unsqueeze(-1) for m in self.modalities]
         logits = self.gate(torch.cat(pooled, dim=-1))
         mask = torch.stack([present[m] for m in self.modalities], dim=-1)
@@ -68,6 +70,7 @@ class CrossAttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, kv_valid: torch.Tensor) -> torch.Tensor:
+        """Let ``x`` attend to ``kv``; ``kv_valid`` ``[B, T]`` masks padding (1 valid, 0 padding)."""
         b, n, d = x.shape
         h = self.heads
         q = self.q(self.norm_q(x)).view(b, n, h, d // h).transpose(1, 2)
@@ -98,6 +101,7 @@ class CrossAttentionFusion(nn.Module):
         self.out_dim = 2 * spec.dim
 
     def forward(self, feats: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text tokens attend to image patches / audio frames (absent rows to a learned null key), then pool."""
         text = feats["text"]
         batch = text.tokens.shape[0]
         keys = [self.null_key.expand(batch, -1, -1)]
@@ -131,11 +135,13 @@ class DualEncoderFusion(nn.Module):
         self.out_dim = 1
 
     def embeddings(self, feats: dict[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised text and image embeddings (the CLIP-style towers' outputs)."""
         text = torch.nn.functional.normalize(feats["text"].pooled, dim=-1)
         image = torch.nn.functional.normalize(feats["image"].pooled, dim=-1)
         return text, image
 
     def forward(self, feats: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scaled cosine similarity of text and image, one match logit per row."""
         text, image = self.embeddings(feats)
         cosine = (text * image).sum(dim=-1, keepdim=True)
         return cosine * self.logit_scale.exp().clamp(max=100.0) + self.logit_bias

@@ -39,6 +39,7 @@ class Head(nn.Module):
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused features ``[B, D]`` → the head's outputs ``[B, num_outputs]``."""
         return self.net(x)
 
 
@@ -84,11 +85,20 @@ class FusionModel(nn.Module):
         return names
 
     def output_names(self) -> list[str]:
+        """Names of the graph's outputs, in order (``logits``; ``values`` for regression; dual encoders add the embeddings)."""
         if self.config.fusion.type == "dual":
             return ["logits", "text_embeds", "image_embeds"]
         return ["values" if self.config.head.type == "regression" else "logits"]
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run every encoder on its inputs, fuse and apply the head.
+
+        Args:
+            inputs: Graph inputs by name (an optional modality's presence flag is ``<modality>_present``).
+
+        Returns:
+            Outputs by name, as :meth:`output_names` lists them.
+        """
         feats: dict[str, EncoderOutput] = {}
         present: dict[str, torch.Tensor] = {}
         for m in self.config.modalities:

@@ -63,6 +63,7 @@ class Processors:
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, folder: Path) -> None:
+        """Save the tokenizer, image processor and audio feature config under ``folder`` (``text/``, ``image/``, ``audio/``)."""
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder / "text")
         if self.image_processor is not None:
@@ -75,6 +76,7 @@ class Processors:
 
     @classmethod
     def load(cls, folder: Path, config: FusionConfig) -> Processors:
+        """Load the processors a FusionModel directory carries for the encoders in ``config`` (offline only)."""
         procs = cls()
         if "text" in config.encoders:
             from transformers import AutoTokenizer

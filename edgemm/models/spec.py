@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgemm.bundle.compare import Tolerance
-from edgemm.bundle.manifest import ModalitySpec, TensorSpec, classifying_outputs, primary_output
+from edgemm.bundle.manifest import InterfaceRules, TensorSpec
 from edgemm.errors import UsageError
 
 
@@ -40,7 +40,7 @@ FeedMaker = Callable[[ShapeCase, Path, np.random.Generator], dict[str, np.ndarra
 
 
 @dataclass
-class ExportSpec:
+class ExportSpec(InterfaceRules):
     """Everything edgemm needs to export, verify and run a model besides its weights.
 
     Attributes:
@@ -99,20 +99,6 @@ class ExportSpec:
             raise UsageError(
                 f"ExportSpec {self.name} needs at least 3 parity shapes, 2 of them different from the export shape."
             )
-
-    @property
-    def primary_output(self) -> str:
-        """The output that holds the logits / scores (the manifest's rule)."""
-        return primary_output(self.postprocessing, self.outputs)
-
-    @property
-    def classifying_outputs(self) -> set[str]:
-        """Outputs whose top-1 is compared (the manifest's rule)."""
-        return classifying_outputs(self.task, self.primary_output)
-
-    def modality_specs(self) -> dict[str, ModalitySpec]:
-        """Every modality's typed entry, as the manifest will hold it."""
-        return {name: ModalitySpec.from_dict(info) for name, info in self.modalities.items()}
 
     def with_profiles(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs with ``[min, opt, max]`` profiles filled from the axis ranges."""

@@ -45,6 +45,7 @@ class GateResult:
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as recorded in the manifest (floats rounded to 6 digits)."""
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 

@@ -97,9 +97,11 @@ class FeedReader:
         self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next calibration feed, or None when all were read (ONNX Runtime's CalibrationDataReader)."""
         return next(self._it, None)
 
     def rewind(self) -> None:
+        """Start again from the first feed (a calibrator may read the data twice)."""
         self._it = iter(self._feeds)
 
     def __len__(self) -> int:

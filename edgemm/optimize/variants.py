@@ -211,8 +211,7 @@ def _rank_harm(ctx: VariantContext, spec: VariantSpec, precision: str, target: P
 def edge_feeds(preprocessor: Any, modalities: dict[str, dict[str, Any]], *, rate: int | None) -> dict[str, dict[str, np.ndarray]]:
     """Feeds that stress FP16/INT8 numerics: empty and longest text, all-padding rows, blank
     images, silence — each with the other modalities normal."""
-    from edgemm.runtime.preprocess.audio import synthesize_speechlike
-    from edgemm.runtime.preprocess.image import synthesize_image
+    from edgemm.data.synthetic import synthesize_image, synthesize_speechlike
 
     normal = {"text": "I think it is 7", "image": synthesize_image(48, 48, seed=1),
               "audio": (synthesize_speechlike(1.0, rate or 16000, seed=1), rate or 16000)}

@@ -31,6 +31,7 @@ class Prediction:
     outputs: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The prediction as the JSON ``edgemm predict --json`` and the HTTP API return."""
         return {
             "label": self.label,
             "score": self.score,
@@ -41,12 +42,14 @@ class Prediction:
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
     shifted = x - x.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, clipped so that extreme logits do not overflow."""
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 

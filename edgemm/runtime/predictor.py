@@ -253,6 +253,7 @@ class Predictor:
 
     @property
     def labels(self) -> list[str]:
+        """The bundle's labels, in the order of the model's outputs."""
         return self.manifest.labels
 
     # -- inference ------------------------------------------------------------------------

@@ -58,9 +58,11 @@ class HostInfo:
 
     @property
     def is_jetson(self) -> bool:
+        """Whether this machine is a Jetson (an L4T release was found)."""
         return self.l4t is not None
 
     def to_dict(self) -> dict[str, Any]:
+        """The facts as a JSON-ready dict (reports, engine records)."""
         return asdict(self)
 
 
@@ -82,6 +84,7 @@ class EngineCompat:
 
     @property
     def ok(self) -> bool:
+        """The engine may be deserialized on this machine."""
         return self.status == "ok"
 
     @property
@@ -94,6 +97,7 @@ class EngineCompat:
         return self.status + (": " + "; ".join(self.reasons) if self.reasons else "")
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision as a JSON-ready dict (``inspect``, ``verify``)."""
         return {"status": self.status, "reasons": list(self.reasons), "warnings": list(self.warnings)}
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +24,7 @@ from edgemm.serve.config import ServeConfig
 from edgemm.serve.host import GPU_DEVICES, ModelHost
 from edgemm.serve.httperrors import ApiError, api_error
 from edgemm.serve.inputs import decode_inputs, parse_body
+from edgemm.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgemm.serve.metrics import Metrics
 
 log = logging.getLogger("edgemm.serve")
@@ -41,6 +42,7 @@ _STATIC = {"kiosk.js": "text/javascript; charset=utf-8", "kiosk.css": "text/css;
 
 
 def error_response(error: ApiError) -> JSONResponse:
+    """The JSON answer for ``error``: its status, ``{"error": {...}}`` body and headers."""
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
@@ -48,6 +50,11 @@ class GuardMiddleware:
     """Host allow-list and Origin check (DNS rebinding, cross-site posts), plus security headers.
 
     Runs before routing, so a foreign Host never reaches a handler or the body reader.
+
+    Args:
+        app: The ASGI app it guards.
+        config: The Host allow-list and the extra allowed origins.
+        metrics: Where refusals are counted.
     """
 
     def __init__(self, app: ASGIApp, config: ServeConfig, metrics: Metrics):
@@ -99,7 +106,20 @@ def _hostname(host: str) -> str:
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``cap`` (chunked bodies too)."""
+    """The request body, refused with 413 as soon as it passes ``cap`` (chunked bodies too).
+
+    Args:
+        request: The request whose body streams in.
+        cap: The most bytes accepted.
+
+    Returns:
+        The whole body.
+
+    Raises:
+        ApiError: ``body_too_large`` (declared or streamed over ``cap``), ``invalid_request``
+            (a Content-Length that is not a number).
+        ClientDisconnect: The client went away while sending.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -135,17 +155,26 @@ async def _wait_or_disconnect(request: Request, future: asyncio.Future) -> bool:
 
 
 def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = None,
-              on_fatal: Any = None) -> Starlette:
-    """The kiosk ASGI app over ``host`` (which the caller loads; see :func:`edgemm.serve.server.serve`)."""
+              on_fatal: Callable[[str], None] | None = None) -> Starlette:
+    """The kiosk ASGI app over ``host`` (which the caller loads; see :func:`edgemm.serve.server.serve`).
+
+    Args:
+        config: Guards, limits and batching.
+        host: Owns the serving predictor; the app starts its bundle watcher with the lifespan.
+        metrics: Where the app records (default: ``host.metrics``); ``/metrics`` exposes it.
+        on_fatal: Called on the event loop with a reason once the GPU context is poisoned and
+            the failing requests are answered; it should end the process (exit status 70).
+
+    Returns:
+        The Starlette app, guard middleware included.
+    """
     metrics = metrics or host.metrics
     batcher = MicroBatcher(host, config, metrics, on_fatal=on_fatal)
-    metrics.gauges.update({
-        "edgemm_queue_depth": lambda: batcher.depth,
-        "edgemm_ready": lambda: float(host.ready),
-        "edgemm_degraded": lambda: float(bool(host.current and host.current.predictor.degraded)),
-        "edgemm_on_gpu": lambda: float(bool(host.current and host.current.predictor.device in GPU_DEVICES)),
-    })
-    metrics.info = host.info
+    metrics.watch("edgemm_queue_depth", lambda: batcher.depth)
+    metrics.watch("edgemm_ready", lambda: float(host.ready))
+    metrics.watch("edgemm_degraded", lambda: float(bool(host.current and host.current.predictor.degraded)))
+    metrics.watch("edgemm_on_gpu", lambda: float(bool(host.current and host.current.predictor.device in GPU_DEVICES)))
+    metrics.watch_model(host.info)
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -211,7 +240,7 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
         })
 
     async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     page = resources.files("edgemm.serve") / "static"
 

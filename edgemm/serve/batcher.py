@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,15 @@ log = logging.getLogger("edgemm.serve")
 
 @dataclass
 class Job:
-    """One request waiting for, or in, a batch."""
+    """One request waiting for, or in, a batch.
+
+    Attributes:
+        inputs: The decoded request.
+        deadline: ``time.monotonic()`` after which it is refused instead of run.
+        future: Resolved with its :class:`Prediction`, or failed with an :class:`ApiError`.
+        cancelled: The client went away; the job is dropped before its model call.
+        batch_size / artifact: The model call that answered it (reported to the client).
+    """
 
     inputs: DecodedInputs
     deadline: float
@@ -40,6 +49,7 @@ class Job:
 
     @property
     def batchable(self) -> bool:
+        """Whether it may share a model call (not a similarity request with candidate texts)."""
         # Candidate lists of similarity models sit on their own axis: such requests run alone.
         return not isinstance(self.inputs.text, list)
 
@@ -51,14 +61,18 @@ class MicroBatcher:
         host: Supplies the serving predictor (read once per batch, so swaps are clean).
         config: Batch size, delay, queue size and deadline.
         metrics: Batch sizes and cancellations are recorded here.
-        on_fatal: Called with a reason when the GPU context is poisoned (the server exits).
+        on_fatal: Called on the event loop with a reason once the GPU context is poisoned and
+            the failing batch is answered (the server then exits with status 70).
     """
 
-    def __init__(self, host: ModelHost, config: ServeConfig, metrics: Metrics, on_fatal: Any = None):
+    def __init__(self, host: ModelHost, config: ServeConfig, metrics: Metrics,
+                 on_fatal: Callable[[str], None] | None = None):
         self.host = host
         self.config = config
         self.metrics = metrics
         self.on_fatal = on_fatal
+        # Set (on the inference thread) when the GPU context is poisoned: no model call follows.
+        self.fatal: str | None = None
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.max_queue)
         self.in_flight = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="edgemm-infer")
@@ -70,15 +84,23 @@ class MicroBatcher:
         return self.queue.qsize() + self.in_flight
 
     def start(self) -> None:
+        """Start the batching loop on the running event loop (the app's lifespan calls it)."""
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="edgemm-batcher")
 
     async def stop(self) -> None:
+        """Stop the loop and the inference thread; a model call in progress is not waited for."""
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, inputs: DecodedInputs) -> Job:
         """Queue one request.
+
+        Args:
+            inputs: The decoded, checked request.
+
+        Returns:
+            Its job; await ``job.future`` for the answer.
 
         Raises:
             ApiError: ``overloaded`` (503 + Retry-After) when the queue is full.
@@ -130,10 +152,11 @@ class MicroBatcher:
             groups = [[j for j in live if j.batchable]] + [[j] for j in live if not j.batchable]
             for group in (g for g in groups if g):
                 cur = self.host.current
-                if cur is None:
+                if cur is None or self.fatal is not None:
                     for job in group:
-                        job.future.set_exception(api_error("not_ready", "No model is loaded.",
-                                                           headers={"Retry-After": "5"}))
+                        job.future.set_exception(api_error(
+                            "not_ready", "No model is loaded." if cur is None else f"The model stopped: {self.fatal}",
+                            headers={"Retry-After": "5"}))
                     continue
                 self.in_flight += len(group)
                 try:
@@ -149,34 +172,42 @@ class MicroBatcher:
                         job.future.set_exception(result)
                     else:
                         job.future.set_result(result)
+                if self.fatal is not None:
+                    # Only now, with this batch's 500s on their way, may the server begin to exit.
+                    self.host.withdraw(self.fatal)
+                    if self.on_fatal is not None:
+                        self.on_fatal(self.fatal)
 
     def _run(self, predictor: Predictor, jobs: list[Job]) -> list[Prediction | ApiError]:
         """One model call for ``jobs``; on a failure, retry one by one to isolate the request at fault.
 
-        An engine failure that poisoned the CUDA context ends the process (``on_fatal``): no
-        later call on that context can succeed, and the supervisor starts a fresh one.
+        An engine failure that poisoned the CUDA context sets :attr:`fatal`: no later call on that
+        context can succeed, so the loop answers this batch and then ends the process
+        (``on_fatal``); the supervisor starts a fresh one.
         """
         try:
             return _predict(predictor, [j.inputs for j in jobs])
         except RuntimeFailure as exc:  # the engine failed; its own error is the cause
             engine_error = exc.__cause__ or exc
             if poisons_gpu(engine_error, predictor.device):
-                log.critical("the CUDA context is poisoned (%s): exiting so the supervisor restarts us",
-                             type(engine_error).__name__)
-                if self.on_fatal is not None:
-                    self.on_fatal(f"GPU context poisoned: {type(engine_error).__name__}")
+                log.critical("the CUDA context is poisoned (%s): %s", type(engine_error).__name__, engine_error)
+                self.fatal = f"the GPU context is poisoned ({type(engine_error).__name__})"
                 return [_internal() for _ in jobs]
             if len(jobs) > 1:
-                return [self._run(predictor, [job])[0] for job in jobs]
+                return self._one_by_one(predictor, jobs)
             log.error("the model failed on a request: %s", exc.message)
             return [_internal()]
         except EdgemmError as exc:  # the input was refused
             if len(jobs) == 1:
                 return [from_edgemm(exc)]
-            return [self._run(predictor, [job])[0] for job in jobs]
+            return self._one_by_one(predictor, jobs)
         except Exception:  # a bug in edgemm: keep its traceback in the log, answer 500
             log.exception("model call failed for a batch of %d", len(jobs))
             return [_internal() for _ in jobs]
+
+    def _one_by_one(self, predictor: Predictor, jobs: list[Job]) -> list[Prediction | ApiError]:
+        """Run each job alone; once the GPU context is poisoned, answer the rest without a model call."""
+        return [self._run(predictor, [job])[0] if self.fatal is None else _internal() for job in jobs]
 
 
 def _internal() -> ApiError:

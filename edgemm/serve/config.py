@@ -35,6 +35,10 @@ class ServeConfig:
         deadline_s: A request not started within this time gets 503 instead of a late answer.
         reload_interval_s: How often the store's active bundle is checked for a change.
         threads: ONNX Runtime intra-op threads.
+
+    Raises:
+        UsageError: Neither or both of ``bundle`` and ``store``, an unknown device policy, a
+            public address without ``expose``, or a limit out of range.
     """
 
     bundle: Path | None = None

@@ -35,7 +35,15 @@ _POISON_MARKERS = (
 
 
 def poisons_gpu(error: BaseException, device: str) -> bool:
-    """Whether ``error`` on ``device`` leaves the CUDA context unusable (restart the process)."""
+    """Whether ``error`` on ``device`` leaves the CUDA context unusable (restart the process).
+
+    Args:
+        error: The engine's own exception (the ``__cause__`` of a :class:`RuntimeFailure`).
+        device: Where the model ran (``Predictor.device``); only GPU devices can be poisoned.
+
+    Returns:
+        True for an illegal address, a launch failure, an ECC error and the like on a GPU.
+    """
     if device not in GPU_DEVICES:
         return False
     text = f"{type(error).__name__}: {error}".lower()
@@ -44,7 +52,15 @@ def poisons_gpu(error: BaseException, device: str) -> bool:
 
 @dataclass
 class Loaded:
-    """A predictor that passed warm-up and the canary, and where it came from."""
+    """A predictor that passed warm-up and the canary, and where it came from.
+
+    Attributes:
+        predictor: The loaded, warmed-up predictor.
+        source: The bundle directory.
+        version: The store's version of it (``None`` for a plain directory).
+        canary: The golden-set report of its canary.
+        loaded_at: ``time.time()`` when it was loaded.
+    """
 
     predictor: Predictor
     source: Path
@@ -69,6 +85,9 @@ class ModelHost:
         self._failed_sources: set[Path] = set()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # One load at a time: the watcher (or SIGHUP) must not load the bundle that the initial
+        # load is still loading and then "swap" to it a second time.
+        self._loading = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------
 
@@ -85,6 +104,13 @@ class ModelHost:
 
     def prepare(self, source: Path, version: str | None) -> Loaded:
         """Load and canary (which warms it up) a bundle without touching the serving one.
+
+        Args:
+            source: The bundle directory.
+            version: Its store version, if any.
+
+        Returns:
+            The loaded bundle, ready to serve.
 
         Raises:
             EdgemmError: Invalid bundle, device policy not met, or the canary failed.
@@ -110,8 +136,9 @@ class ModelHost:
     def load_initial(self) -> None:
         """Load the configured bundle; on failure stay alive and not ready, with the reason."""
         try:
-            source, version = self._source()
-            self.current = self.prepare(source, version)
+            with self._loading:
+                source, version = self._source()
+                self.current = self.prepare(source, version)
         except EdgemmError as exc:
             self.not_ready_reason = f"{exc.message}" + (f" Hint: {exc.hint}" if exc.hint else "")
             log.error("not ready: %s", self.not_ready_reason)
@@ -133,8 +160,12 @@ class ModelHost:
         Returns:
             Whether a new bundle now serves.
         """
-        if self.config.store is None:
+        if self.config.store is None or self._stop.is_set():
             return False
+        with self._loading:
+            return self._swap_if_changed()
+
+    def _swap_if_changed(self) -> bool:
         try:
             source, version = self._source()
         except EdgemmError as exc:
@@ -149,6 +180,9 @@ class ModelHost:
             self._failed_sources.add(source)
             self.metrics.count_reload("failed")
             log.error("keeping the current bundle: %s failed to load: %s", source, exc.message)
+            return False
+        if self._stop.is_set():  # withdrawn or shutting down while it loaded
+            loaded.predictor.close()
             return False
         # One reference assignment: the batcher reads ``current`` once per batch, so a batch
         # in flight finishes on the old predictor and the next one runs on the new.
@@ -173,17 +207,32 @@ class ModelHost:
         self._watcher = threading.Thread(target=loop, name="edgemm-bundle-watcher", daemon=True)
         self._watcher.start()
 
+    def withdraw(self, reason: str) -> None:
+        """Stop serving for good (the process is about to exit): not ready, no more swaps.
+
+        Args:
+            reason: Why, as readiness reports it.
+        """
+        self.not_ready_reason = reason
+        self.stop()
+
     def stop(self) -> None:
+        """Stop the bundle watcher and any later swap."""
         self._stop.set()
 
     # -- state ------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
+        """Whether a model passed its canary and serves (what ``/v1/health/ready`` answers)."""
         return self.current is not None and self.not_ready_reason is None
 
     def info(self) -> dict[str, str]:
-        """Labels for the ``edgemm_model_info`` metric."""
+        """Labels for the ``edgemm_model_info`` metric.
+
+        Returns:
+            ``name``, ``artifact``, ``device``, ``version`` and ``policy``; empty while nothing is loaded.
+        """
         cur = self.current
         if cur is None:
             return {}

@@ -18,7 +18,15 @@ from edgemm.errors import (
 
 
 class ApiError(Exception):
-    """An HTTP error answer: ``status``, stable ``code``, message, optional hint and headers."""
+    """An HTTP error answer: ``status``, stable ``code``, message, optional hint and headers.
+
+    Args:
+        status: The HTTP status.
+        code: The stable error code (one of :data:`CODES`).
+        message: What went wrong; never echoes the payload.
+        hint: What to do about it.
+        headers: Extra response headers (e.g. ``Retry-After``).
+    """
 
     def __init__(self, status: int, code: str, message: str, *, hint: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -59,12 +67,28 @@ CODES: dict[str, int] = {
 
 def api_error(code: str, message: str, *, hint: str | None = None,
               headers: dict[str, str] | None = None) -> ApiError:
-    """An :class:`ApiError` with the status that belongs to ``code``."""
+    """An :class:`ApiError` with the status that belongs to ``code``.
+
+    Args:
+        code: A key of :data:`CODES`.
+        message / hint / headers: See :class:`ApiError`.
+
+    Raises:
+        KeyError: ``code`` is not a documented code (a bug in edgemm).
+    """
     return ApiError(CODES[code], code, message, hint=hint, headers=headers)
 
 
 def from_edgemm(error: EdgemmError) -> ApiError:
-    """Map a runtime input error onto its HTTP code (anything else is an internal error)."""
+    """Map a runtime input error onto its HTTP code (anything else is an internal error).
+
+    Args:
+        error: What the runtime raised for a request.
+
+    Returns:
+        ``missing_modality``, ``input_too_large``, ``unsupported_media`` or ``invalid_input``
+        with the error's message and hint; ``internal`` for any other :class:`EdgemmError`.
+    """
     if isinstance(error, MissingModalityError):
         code = "missing_modality"
     elif isinstance(error, InputTooLargeError):

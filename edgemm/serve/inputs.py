@@ -39,13 +39,14 @@ _WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 
 @dataclass
 class RawInputs:
-    """The undecoded parts of one request."""
+    """The undecoded parts of one request (text may still be bytes, media are raw bytes)."""
 
     text: bytes | str | list[str] | None = None
     image: bytes | None = None
     audio: bytes | None = None
 
     def given(self) -> list[str]:
+        """The modalities present, in the order text, image, audio."""
         return [m for m in MODALITIES if getattr(self, m) is not None]
 
 
@@ -76,6 +77,13 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     """Whether ``body`` nests arrays/objects deeper than ``limit``, found without parsing it.
 
     Python's parser recurses per level; a 100,000-deep document must be refused before it runs.
+
+    Args:
+        body: The raw JSON bytes (brackets inside strings do not count).
+        limit: The deepest nesting allowed.
+
+    Returns:
+        True as soon as a bracket opens level ``limit + 1``.
     """
     depth, in_string, escaped = 0, False, False
     for byte in body:
@@ -182,6 +190,14 @@ async def _from_multipart(body: bytes, headers: Headers) -> RawInputs:
 async def parse_body(body: bytes, headers: Headers, query: Mapping[str, str]) -> RawInputs:
     """Split a request body into its raw parts by ``Content-Type``.
 
+    Args:
+        body: The whole body (already capped by :func:`edgemm.serve.app.read_body`).
+        headers: The request headers (``Content-Type`` and the multipart boundary).
+        query: The query parameters; ``text`` pairs a raw image or audio body with its text.
+
+    Returns:
+        The raw parts, at least one of them present.
+
     Raises:
         ApiError: Unsupported media type, malformed multipart/JSON, too deep JSON, invalid UTF-8.
     """
@@ -211,6 +227,14 @@ async def parse_body(body: bytes, headers: Headers, query: Mapping[str, str]) ->
 
 def decode_inputs(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> DecodedInputs:
     """Decode and check one request against the bundle's and the server's caps (CPU-bound).
+
+    Args:
+        raw: The request's raw parts.
+        manifest: The serving bundle's manifest (modalities, preprocessing caps and formats).
+        config: The server's own caps (the tighter of the two wins).
+
+    Returns:
+        The decoded inputs, ready to join a batch.
 
     Raises:
         ApiError: Invalid UTF-8, unknown or missing modality, over a cap, unsupported media.

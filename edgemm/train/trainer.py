@@ -88,6 +88,7 @@ class TrainConfig:
             raise UsageError("Training needs at least one encoder.", hint="Give --text, --image and/or --audio.")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as saved in ``training.json`` (paths as strings)."""
         data = asdict(self)
         data["output"] = str(self.output)
         data["data_cache"] = str(self.data_cache) if self.data_cache else None
@@ -107,6 +108,7 @@ class TrainReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as ``edgemm train --json`` prints it."""
         return {"checkpoint": str(self.checkpoint), "best_epoch": self.best_epoch, "val": self.val, "test": self.test,
                 "history": self.history, "added_tokens": self.added_tokens, "seconds": round(self.seconds, 1)}
 
@@ -164,6 +166,7 @@ class BatchEncoder:
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
 
     def close(self) -> None:
+        """Remove the temporary directory holding the preprocessing assets (the tokenizer file)."""
         self._tmp.cleanup()
 
 

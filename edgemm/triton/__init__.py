@@ -4,7 +4,8 @@
 ``onnxruntime`` models, TensorRT plans as ``tensorrt`` models, edgemm's preprocessing and
 postprocessing as Python-backend models, a Python-backend variant of the model (ONNX Runtime
 inside) and ensembles that take raw text / image bytes / audio bytes. Every ``config.pbtxt`` is
-validated with Triton's own ``ModelConfig`` protobuf before anything is written.
+built as Triton's own ``ModelConfig`` protobuf, checked, and rendered by protobuf's text format
+before anything is published.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ class RepositoryExistsError(UsageError):
 
 
 class ModelConfigError(EdgemmError):
-    """A generated ``config.pbtxt`` does not parse as Triton's ``ModelConfig`` (a bug in edgemm)."""
+    """A generated ``config.pbtxt`` is not a valid Triton ``ModelConfig``, or an ensemble names a model
+    or tensor the repository lacks (a bug in edgemm)."""
 
     code = "E_TRITON_CONFIG"

@@ -1,134 +1,38 @@
-"""Render Triton ``config.pbtxt`` text and validate it with Triton's own ``ModelConfig`` protobuf.
+"""Triton ``config.pbtxt``: built as Triton's own ``ModelConfig`` protobuf, rendered by protobuf.
 
-Configs are built as plain dicts (readable, diffable, testable) and rendered to protobuf text
-format here. Every rendered config is then parsed by ``google.protobuf.text_format`` into
-``model_config_pb2.ModelConfig`` as shipped by ``tritonclient``: an unknown field, a wrong type
-or a misspelt enum fails exactly as it would fail in ``tritonserver``, without a server.
+The planner writes each config as a plain dict in protobuf's JSON mapping of ``ModelConfig``
+(field names as in ``model_config.proto``, enum values as their names, maps as dicts). Here it is
+parsed strictly into ``model_config_pb2.ModelConfig`` as shipped by ``tritonclient`` — an unknown
+field, a wrong type or a misspelt enum fails exactly as it would fail in ``tritonserver``, without
+a server — checked for the load-time rules the schema cannot express, and rendered with
+``google.protobuf.text_format``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
 from edgemm.errors import MissingDependencyError
 from edgemm.triton.errors import ModelConfigError
 
-__all__ = ["Enum", "model_config_pb2", "render", "validate_config"]
+__all__ = ["build_config", "model_config_pb2", "render", "validate_config"]
 
-_INSTALL_HINT = "pip install 'tritonclient[grpc]'  (provides model_config_pb2 and protobuf)"
-
-
-class Enum(str):
-    """A protobuf enum value (rendered without quotes), e.g. ``Enum("TYPE_FP32")``."""
-
-
-def render(config: Mapping[str, Any], *, header: str | None = None) -> str:
-    """Render a ModelConfig-shaped dict as protobuf text format.
-
-    Dicts become messages, lists of dicts repeated messages (maps are lists of ``{key, value}``
-    dicts), lists of scalars ``[a, b]``, :class:`Enum` bare identifiers, ``str`` quoted strings.
-
-    Args:
-        config: The config; keys are ModelConfig field names.
-        header: Optional comment lines written at the top (``# ...``).
-
-    Returns:
-        The text, ending with a newline.
-    """
-    lines: list[str] = []
-    if header:
-        lines += [f"# {line}".rstrip() for line in header.splitlines()]
-    _render_fields(config, lines, 0)
-    return "\n".join(lines) + "\n"
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, Enum):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ModelConfigError(f"Non-finite number {value!r} in a Triton config.", hint="This is a bug in edgemm.")
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escaping is a subset of protobuf text-format escaping for our characters.
-        return json.dumps(value, ensure_ascii=True)
-    raise ModelConfigError(f"Cannot render {type(value).__name__} in a Triton config.", hint="This is a bug in edgemm.")
-
-
-_LINE = 100
-
-
-def _inline(message: Mapping[str, Any]) -> str | None:
-    """``{ a: 1 b { c: "x" } }`` on one line for small messages of scalars, else None."""
-    parts = []
-    for key, value in message.items():
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            inner = _inline(value)
-            if inner is None:
-                return None
-            parts.append(f"{key} {inner}")
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            if any(isinstance(v, Mapping) for v in value):
-                return None
-            if value:
-                parts.append(f"{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-        else:
-            parts.append(f"{key}: {_scalar(value)}")
-    text = "{ " + " ".join(parts) + " }" if parts else "{ }"
-    return text if len(text) <= _LINE else None
-
-
-def _render_fields(message: Mapping[str, Any], lines: list[str], depth: int) -> None:
-    pad = "  " * depth
-    for key, value in message.items():
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            short = _inline(value)
-            if short is not None and len(pad) + len(key) + len(short) < _LINE:
-                lines.append(f"{pad}{key} {short}")
-                continue
-            lines.append(f"{pad}{key} {{")
-            _render_fields(value, lines, depth + 1)
-            lines.append(f"{pad}}}")
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            if not value:
-                continue
-            if all(isinstance(v, Mapping) for v in value):
-                lines.append(f"{pad}{key} [")
-                for i, item in enumerate(value):
-                    comma = "," if i < len(value) - 1 else ""
-                    short = _inline(item)
-                    if short is not None and len(pad) + len(short) <= _LINE:
-                        lines.append(f"{pad}  {short}{comma}")
-                        continue
-                    lines.append(f"{pad}  {{")
-                    _render_fields(item, lines, depth + 2)
-                    lines.append(f"{pad}  }}{comma}")
-                lines.append(f"{pad}]")
-            else:
-                lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
+_INSTALL_HINT = "pip install 'edgemm[triton]'  (tritonclient provides model_config_pb2 and protobuf)"
+_BUG_HINT = "This is a bug in edgemm; please report it with the bundle's manifest."
 
 
 def model_config_pb2() -> ModuleType:
     """Triton's ``model_config_pb2`` module from ``tritonclient``.
 
-    ``tritonclient.grpc``'s package ``__init__`` imports grpcio; only protobuf is needed to parse
+    ``tritonclient.grpc``'s package ``__init__`` imports grpcio; only protobuf is needed to build
     configs, so when grpcio is missing the generated module is loaded from its file directly.
+
+    Returns:
+        The generated module (``ModelConfig``, ``DataType`` … as attributes).
 
     Raises:
         MissingDependencyError: tritonclient or protobuf is not installed (exit 3).
@@ -150,9 +54,46 @@ def model_config_pb2() -> ModuleType:
             except (ImportError, FileNotFoundError):
                 continue
         raise MissingDependencyError(
-            f"Validating Triton configs needs tritonclient's model_config_pb2 and protobuf ({first}).",
+            f"Building Triton configs needs tritonclient's model_config_pb2 and protobuf ({first}).",
             hint=_INSTALL_HINT,
         ) from first
+
+
+def build_config(config: Mapping[str, Any], *, name: str | None = None) -> Any:
+    """Triton's ``ModelConfig`` message from its JSON-mapping dict, checked as Triton checks it at load.
+
+    Args:
+        config: The config: keys are ``ModelConfig`` field names, enum values their names
+            (``"TYPE_FP32"``), map fields dicts (``{"key": {"string_value": "v"}}``).
+        name: The model directory name; the config's ``name`` must equal it.
+
+    Returns:
+        The ``ModelConfig`` message.
+
+    Raises:
+        ModelConfigError: The dict is not a valid ``ModelConfig``, or fails a load-time check.
+        MissingDependencyError: tritonclient / protobuf are not installed.
+    """
+    from google.protobuf import json_format
+
+    return _parsed(lambda message: json_format.ParseDict(config, message), json_format.ParseError, name)
+
+
+def render(message: Any, *, header: str | None = None) -> str:
+    """``config.pbtxt`` text of a ``ModelConfig`` message (protobuf text format).
+
+    Args:
+        message: The ``ModelConfig`` (from :func:`build_config`).
+        header: Optional comment lines written at the top (``# ...``).
+
+    Returns:
+        The text, ending with a newline.
+    """
+    from google.protobuf import text_format
+
+    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
+    body = text_format.MessageToString(message, use_short_repeated_primitives=True)
+    return "\n".join([*lines, body.rstrip("\n")]) + "\n"
 
 
 def validate_config(text: str, *, name: str | None = None) -> Any:
@@ -166,26 +107,27 @@ def validate_config(text: str, *, name: str | None = None) -> Any:
         The parsed ``ModelConfig`` message.
 
     Raises:
-        ModelConfigError: The text does not parse, or fails a structural check.
+        ModelConfigError: The text does not parse, or fails a load-time check.
         MissingDependencyError: tritonclient / protobuf are not installed.
     """
+    from google.protobuf import text_format
+
+    return _parsed(lambda message: text_format.Parse(text, message), text_format.ParseError, name)
+
+
+def _parsed(parse: Callable[[Any], object], error: type[Exception], name: str | None) -> Any:
+    """A new ``ModelConfig`` filled by ``parse``; its ``error`` and any load-time problem raise ModelConfigError."""
     pb2 = model_config_pb2()
-    try:
-        from google.protobuf import text_format
-    except ImportError as exc:  # pragma: no cover - protobuf comes with the pb2 module
-        raise MissingDependencyError("protobuf is required to validate Triton configs.", hint=_INSTALL_HINT) from exc
-    config = pb2.ModelConfig()
+    message = pb2.ModelConfig()
     where = f"config of model {name!r}" if name else "Triton config"
     try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as exc:
-        raise ModelConfigError(f"The generated {where} is not a valid ModelConfig: {exc}",
-                               hint="This is a bug in edgemm; please report it with the bundle's manifest.") from exc
-    problems = _structural_problems(config, pb2, name)
+        parse(message)
+    except error as exc:
+        raise ModelConfigError(f"The {where} is not a valid ModelConfig: {exc}", hint=_BUG_HINT) from exc
+    problems = _structural_problems(message, pb2, name)
     if problems:
-        raise ModelConfigError(f"The generated {where} is invalid: " + "; ".join(problems),
-                               hint="This is a bug in edgemm; please report it with the bundle's manifest.")
-    return config
+        raise ModelConfigError(f"The {where} is invalid: " + "; ".join(problems), hint=_BUG_HINT)
+    return message
 
 
 def _structural_problems(config: Any, pb2: ModuleType, name: str | None) -> list[str]:

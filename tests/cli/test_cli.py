@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemm.cli import COMMANDS, cli
-from edgemm.runtime.preprocess.image import synthesize_image
+from edgemm.data.synthetic import synthesize_image
 from tests.conftest import REPO, run_edge
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from edgemm.bundle.verify import verify_bundle
 from edgemm.cli import cli
-from edgemm.runtime.preprocess.image import synthesize_image
+from edgemm.data.synthetic import synthesize_image
 from tests.conftest import run_edge
 from tests.fixtures.custom_model import build
 

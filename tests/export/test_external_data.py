@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edgemm.bundle.verify import verify_bundle
+from edgemm.data.synthetic import synthesize_image
 from edgemm.errors import BundleError
 from edgemm.export.pipeline import ExportOptions, export_bundle
 from edgemm.runtime import Predictor
-from edgemm.runtime.preprocess.image import synthesize_image
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])

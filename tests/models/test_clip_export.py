@@ -12,8 +12,8 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from edgemm.bundle.verify import verify_bundle
+from edgemm.data.synthetic import synthesize_image
 from edgemm.export.pipeline import ExportOptions, export_bundle
-from edgemm.runtime.preprocess.image import synthesize_image
 from tests.conftest import run_edge
 
 LABELS = ["cat", "dog", "seven"]

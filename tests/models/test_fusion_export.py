@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from edgemm.bundle.verify import verify_bundle
+from edgemm.data.synthetic import synthesize_image, synthesize_speechlike
 from edgemm.export.pipeline import ExportOptions, export_bundle
 from edgemm.models.model import FusionModel
 from edgemm.runtime.postprocess import postprocess
-from edgemm.runtime.preprocess.audio import encode_wav, synthesize_speechlike
-from edgemm.runtime.preprocess.image import synthesize_image
+from edgemm.runtime.preprocess.audio import encode_wav
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 from tests.conftest import REPO, run_edge
 from tests.factories import build_fusion

@@ -11,11 +11,11 @@ import transformers as tf
 from PIL import Image
 
 from edgemm.bundle.verify import verify_bundle
+from edgemm.data.synthetic import synthesize_image
 from edgemm.export.pipeline import export_bundle
 from edgemm.models.config import EncoderConfig, FusionConfig, FusionSpec, HeadSpec
 from edgemm.models.model import FusionModel
 from edgemm.models.processors import Processors
-from edgemm.runtime.preprocess.image import synthesize_image
 from tests.conftest import run_edge
 
 

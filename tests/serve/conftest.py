@@ -18,6 +18,21 @@ import pytest
 from benchmarks.serve_load import rss_kib
 from tests.conftest import REPO
 
+# What the README's /metrics row promises, as Prometheus' text parser names the families.
+METRIC_FAMILIES = {
+    "edgemm_requests": "counter",  # responses by status
+    "edgemm_errors": "counter",  # errors by code
+    "edgemm_request_duration_seconds": "histogram",
+    "edgemm_batch_size": "histogram",
+    "edgemm_cancelled": "counter",
+    "edgemm_reloads": "counter",
+    "edgemm_queue_depth": "gauge",
+    "edgemm_ready": "gauge",
+    "edgemm_degraded": "gauge",
+    "edgemm_on_gpu": "gauge",
+    "edgemm_model_info": "gauge",
+}
+
 
 @pytest.fixture(scope="session")
 def serve_bundle(work, minilm_dir) -> Path:
@@ -76,12 +91,18 @@ class Server:
         return rss_kib(self.proc.pid)
 
 
-def start_server(tmp: Path, *args: str, wait_ready: bool = True, timeout: float = 90.0) -> Server:
-    """Start ``edgemm serve ARGS --port 0`` and wait until it is ready (or only listening)."""
+def start_server(tmp: Path, *args: str, wait_ready: bool = True, timeout: float = 90.0,
+                 launcher: str = "edgemm", env: dict[str, str] | None = None) -> Server:
+    """Start ``edgemm serve ARGS --port 0`` and wait until it is ready (or only listening).
+
+    Args:
+        launcher: The module run with ``python -m`` (a test launcher that patches, then runs the CLI).
+        env: Extra environment variables for the server process.
+    """
     port_file, log = tmp / f"port-{time.monotonic_ns()}", tmp / f"serve-{time.monotonic_ns()}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "edgemm", "-v", "serve", *args, "--port", "0",
+        proc = subprocess.Popen([sys.executable, "-m", launcher, "-v", "serve", *args, "--port", "0",
                                  "--port-file", str(port_file)], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     deadline = time.monotonic() + timeout
     server = None

@@ -10,10 +10,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.serve_load import multipart
 from edgemm.runtime.predictor import Predictor
-from tests.serve.conftest import png_bytes, start_server, stop_server, wav_bytes
+from tests.serve.conftest import METRIC_FAMILIES, png_bytes, start_server, stop_server, wav_bytes
 
 
 def test_health_model_and_metrics(server, serve_bundle):
@@ -28,6 +29,7 @@ def test_health_model_and_metrics(server, serve_bundle):
     for name in ("edgemm_requests_total", "edgemm_request_duration_seconds_bucket", "edgemm_queue_depth",
                  "edgemm_ready 1", "edgemm_degraded 0", "edgemm_on_gpu 0", 'device="cpu"'):
         assert name in text, name
+    assert {f.name: f.type for f in text_string_to_metric_families(text)} == METRIC_FAMILIES
 
 
 def test_predictions_equal_the_predictor(server, serve_bundle):
@@ -66,8 +68,9 @@ def test_concurrent_requests_are_micro_batched_and_answered_correctly(server, se
     for res, exp in zip(results, expected):
         assert res.json()["scores"] == pytest.approx(exp.scores, abs=1e-4)
     assert max(r.json()["model"]["batch"] for r in results) > 1, "no request shared a batch"
-    buckets = dict(re.findall(r'edgemm_batch_size_bucket\{le="([^"]+)"\} (\d+)', server.metrics()))
-    assert int(buckets["+Inf"]) > int(buckets["1"])
+    buckets = {float(le): float(n) for le, n in
+               re.findall(r'edgemm_batch_size_bucket\{le="([^"]+)"\} (\S+)', server.metrics())}
+    assert buckets[float("inf")] > buckets[1.0]
 
 
 def test_kiosk_page_and_assets_are_local(server):

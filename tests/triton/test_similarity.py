@@ -11,6 +11,7 @@ import pytest
 
 from edgemm.errors import UsageError
 from edgemm.triton import RepositoryOptions, write_repository
+from edgemm.triton.pbtxt import validate_config
 from tests.models.test_clip_export import _save
 from tests.triton.server import TritonProcess, find_server
 
@@ -48,8 +49,10 @@ def _request(image: bytes, texts: list[str]) -> list:
 def test_repository_has_one_unbatched_python_model(similarity_bundle, tmp_path):
     report = write_repository(similarity_bundle, tmp_path / "repo", RepositoryOptions(device="cpu"))
     assert list(report.models) == [report.ensemble] and report.python_ensemble is None
-    config = (tmp_path / "repo" / report.ensemble / "config.pbtxt").read_text()
-    assert 'backend: "python"' in config and "max_batch_size: 0" in config and '"TEXTS"' in config
+    config = validate_config((tmp_path / "repo" / report.ensemble / "config.pbtxt").read_text(), name=report.ensemble)
+    assert config.backend == "python" and config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in config.input] == [("IMAGE", [1]), ("TEXTS", [-1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("SCORES", [-1]), ("LABEL", [1]), ("PREDICTION", [1])]
     assert (tmp_path / "repo" / report.ensemble / "1" / "bundle" / "edgemm.json").is_file()
     with pytest.raises(UsageError, match="not batched"):
         write_repository(similarity_bundle, tmp_path / "other", RepositoryOptions(max_batch_size=4))

@@ -36,6 +36,7 @@ class ZeroShotImageClassifier(nn.Module):
         self.sigmoid = sigmoid
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image → logits against the fixed label embeddings (computed at export) and the image embedding."""
         image = nn.functional.normalize(self.model.get_image_features(pixel_values=pixel_values), dim=-1)
         logits = image @ self.label_embeds.t() * self.model.logit_scale.exp()
         if self.sigmoid:
@@ -54,6 +55,7 @@ class DualTowers(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images ``[B, …]`` and candidate texts ``[T, S]`` → ``[B, T]`` logits and both embeddings."""
         image = nn.functional.normalize(self.model.get_image_features(pixel_values=pixel_values), dim=-1)
         mask = attention_mask if self.use_mask else None
         text = nn.functional.normalize(self.model.get_text_features(input_ids=input_ids, attention_mask=mask), dim=-1)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgemm.bundle.manifest import TensorSpec
-from edgemm.runtime.preprocess.image import preprocess_images, synthesize_image
+from edgemm.data.synthetic import synthesize_image
+from edgemm.runtime.preprocess.image import preprocess_images
 
 BATCH_RANGE = (1, 64)
 POSTPROCESSING = {
@@ -33,6 +34,11 @@ def encoder_info(architecture: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, following symlinks.
+
+    Unlike the bundle's own hashing (:func:`edgemm.bundle.hashing.sha256_file`, which refuses links),
+    this follows them: checkpoints in the Hugging Face cache are symlinks into its blob store.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(4 * 2**20), b""):

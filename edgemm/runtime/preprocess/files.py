@@ -12,6 +12,14 @@ def read_capped(path: str | os.PathLike[str], max_bytes: int, what: str) -> byte
 
     One byte past the cap is read instead of trusting ``stat()``: the file may be a pipe or grow.
 
+    Args:
+        path: The file to read.
+        max_bytes: The caller's cap.
+        what: What the file holds, for messages (``"Image"``, ``"Audio"``).
+
+    Returns:
+        The first ``max_bytes + 1`` bytes at most.
+
     Raises:
         InputPathError: The path is missing, a directory, or unreadable (``what`` names it).
     """

@@ -50,6 +50,10 @@ class Preprocessor:
                 rows without that modality, allowed only for optional modalities.
             text_pad_to / audio_pad_to: Force the sequence / audio axis length (parity shapes).
 
+        Returns:
+            The model feed: every preprocessed input by ONNX input name, plus each optional
+            modality's presence flags (float32 ``[B]``) where the model takes them.
+
         Raises:
             MissingModalityError: A required modality is missing for some row.
             InvalidInputError: Inputs are malformed, or list lengths disagree.

@@ -41,6 +41,12 @@ def text_preprocessing(
         attention_mask / token_type_ids / input_ids: ONNX input names (``None`` = not fed).
         max_chars: Requests with more characters are refused before tokenizing.
         min_length: Shortest sequence the tokenizer produces (e.g. 2 for ``[CLS] [SEP]``).
+
+    Returns:
+        The section (``kind: "text"``) that :class:`TextPreprocessor` reads.
+
+    Raises:
+        ValueError: ``padding`` is neither ``"longest"`` nor ``"max_length"``.
     """
     if padding not in ("longest", "max_length"):
         raise ValueError(f"padding must be 'longest' or 'max_length', not {padding!r}")
@@ -61,6 +67,13 @@ def text_preprocessing(
 
 def check_text(text: Any, *, max_chars: int) -> str:
     """Validate one text input (str or UTF-8 bytes) and return it as ``str``.
+
+    Args:
+        text: The untrusted input.
+        max_chars: Longest accepted text, in characters.
+
+    Returns:
+        The text as ``str``.
 
     Raises:
         InvalidInputError: Not text, invalid UTF-8, or lone surrogates.
@@ -90,6 +103,9 @@ class TextPreprocessor:
     Args:
         bundle_dir: Directory the config's paths are relative to.
         config: The manifest's ``preprocessing["text"]`` section.
+
+    Raises:
+        BundleError: The bundle's ``tokenizer.json`` cannot be loaded.
     """
 
     def __init__(self, bundle_dir: Path, config: dict[str, Any]):
@@ -109,6 +125,7 @@ class TextPreprocessor:
 
     @property
     def max_length(self) -> int:
+        """The configured truncation length in tokens."""
         return int(self.config["max_length"])
 
     def __call__(
@@ -120,6 +137,14 @@ class TextPreprocessor:
             texts: Strings (or UTF-8 bytes).
             pad_to: Pad (and truncate) every row to exactly this many tokens (parity shapes).
             max_length: Truncate to this many tokens instead of the configured maximum.
+
+        Returns:
+            int64 ``[B, T]`` arrays by ONNX input name: ids, plus the attention mask and token
+            type ids where the config names those inputs.
+
+        Raises:
+            InvalidInputError: An item is not text (or not UTF-8).
+            InputTooLargeError: An item has more than ``max_chars`` characters.
         """
         cfg = self.config
         clean = [check_text(t, max_chars=int(cfg["max_chars"])) for t in texts]

@@ -1,0 +1,284 @@
+"""The image transforms: resize, centre crop, rescale and normalise, driven by the manifest.
+
+:func:`preprocess_images` follows the manifest's image preprocessing section (see
+:mod:`edgemm.runtime.preprocess.image.config`) and reproduces transformers' *slow* (PIL/numpy)
+image processors bit for bit: the same PIL resize filter, the same integer rounding of the
+shortest-edge size, the same centre-crop offsets (with zero padding when the crop is larger than
+the image), ``rescale`` multiplied in float64 then cast to float32, and ``normalize`` in float32.
+
+Only numpy and Pillow are used here; this module runs on the edge device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgemm.errors import BundleError, InvalidInputError
+from edgemm.runtime.preprocess.image.decode import array_to_image
+
+__all__ = ["RESAMPLE_FILTERS", "preprocess_images"]
+
+RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+_RESIZE_MODES = ("exact", "shortest_edge", "crop_pct")
+
+
+def _config_error(message: str) -> BundleError:
+    return BundleError(
+        f"Invalid image preprocessing config: {message}",
+        hint="Re-export the bundle, or fix the 'image' preprocessing section of its manifest.",
+    )
+
+
+def _config_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise _config_error(f"{what} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    mode: str
+    channels: int
+    resize: Mapping[str, Any] | None
+    resample: Image.Resampling
+    center_crop: tuple[int, int] | None
+    rescale_factor: float | None
+    mean: np.ndarray | None
+    std: np.ndarray | None
+
+
+def _recipe(config: Mapping[str, Any]) -> _Recipe:
+    if not isinstance(config, Mapping):
+        raise _config_error(f"expected a dict, got {type(config).__name__}.")
+    if config.get("kind", "image") != "image":
+        raise _config_error(f"kind is {config.get('kind')!r}, not 'image'.")
+    channels = config.get("channels", 3)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise _config_error(f"channels must be 1 or 3, got {channels!r}.")
+
+    resize = config.get("resize")
+    if resize is not None:
+        if not isinstance(resize, Mapping) or resize.get("mode") not in _RESIZE_MODES:
+            raise _config_error(
+                f"resize must be None or have mode {_RESIZE_MODES}, got {resize!r}."
+            )
+        if resize["mode"] == "exact":
+            _config_int(resize.get("height"), "resize.height")
+            _config_int(resize.get("width"), "resize.width")
+        else:
+            _config_int(resize.get("shortest_edge"), "resize.shortest_edge")
+        if resize["mode"] == "crop_pct":
+            pct = resize.get("crop_pct")
+            if (
+                isinstance(pct, bool)
+                or not isinstance(pct, (int, float))
+                or not math.isfinite(pct)
+                or pct <= 0
+            ):
+                raise _config_error(f"resize.crop_pct must be a positive number, got {pct!r}.")
+    resample_name = config.get("resample", "bilinear")
+    if resample_name not in RESAMPLE_FILTERS:
+        raise _config_error(
+            f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample_name!r}."
+        )
+
+    crop = config.get("center_crop")
+    center_crop = None
+    if crop is not None:
+        if not isinstance(crop, Mapping):
+            raise _config_error(f"center_crop must be None or {{height, width}}, got {crop!r}.")
+        center_crop = (
+            _config_int(crop.get("height"), "center_crop.height"),
+            _config_int(crop.get("width"), "center_crop.width"),
+        )
+
+    factor = config.get("rescale_factor")
+    if factor is not None and (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, float))
+        or not math.isfinite(factor)
+    ):
+        raise _config_error(f"rescale_factor must be None or a number, got {factor!r}.")
+
+    mean, std = config.get("mean"), config.get("std")
+    if (mean is None) != (std is None):
+        raise _config_error("mean and std must both be given or both be None.")
+    mean_arr = std_arr = None
+    if mean is not None:
+        try:
+            mean_arr = np.array([float(v) for v in mean], dtype=np.float32)
+            std_arr = np.array([float(v) for v in std], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise _config_error(
+                f"mean/std must be lists of numbers, got {mean!r} / {std!r}."
+            ) from None
+        if mean_arr.shape != (channels,) or std_arr.shape != (channels,):
+            raise _config_error(
+                f"mean and std need {channels} values each, got {mean!r} / {std!r}."
+            )
+        if not (np.isfinite(mean_arr).all() and np.isfinite(std_arr).all()) or (std_arr == 0).any():
+            raise _config_error(
+                f"mean/std must be finite and std non-zero, got {mean!r} / {std!r}."
+            )
+
+    return _Recipe(
+        mode="RGB" if channels == 3 else "L",
+        channels=channels,
+        resize=resize,
+        resample=RESAMPLE_FILTERS[resample_name],
+        center_crop=center_crop,
+        rescale_factor=None if factor is None else float(factor),
+        mean=mean_arr,
+        std=std_arr,
+    )
+
+
+def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
+    """transformers' ``get_resize_output_image_size(..., default_to_square=False)``."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = edge, int(edge * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """transformers' ``center_crop`` on an HxWxC array, zero padding when the crop is larger."""
+    orig_height, orig_width = pixels.shape[:2]
+    top = (orig_height - height) // 2
+    bottom = top + height
+    left = (orig_width - width) // 2
+    right = left + width
+    if top >= 0 and bottom <= orig_height and left >= 0 and right <= orig_width:
+        return pixels[top:bottom, left:right]
+
+    new_height = max(height, orig_height)
+    new_width = max(width, orig_width)
+    padded = np.zeros((new_height, new_width, *pixels.shape[2:]), dtype=pixels.dtype)
+    top_pad = math.ceil((new_height - orig_height) / 2)
+    left_pad = math.ceil((new_width - orig_width) / 2)
+    padded[top_pad : top_pad + orig_height, left_pad : left_pad + orig_width] = pixels
+    top += top_pad
+    bottom += top_pad
+    left += left_pad
+    right += left_pad
+    return padded[max(0, top) : min(new_height, bottom), max(0, left) : min(new_width, right)]
+
+
+def _prepare_one(image: Image.Image, recipe: _Recipe) -> np.ndarray:
+    """Mode conversion, resize and crop of one image; returns HxWxC uint8."""
+    if image.width == 0 or image.height == 0:
+        raise InvalidInputError(f"An image is empty ({image.width}x{image.height} pixels).")
+    # Always convert: for RGB input this is a no-op (what transformers does with or without
+    # do_convert_rgb), and the slow processors reject other modes, so there is nothing to match.
+    if image.mode != recipe.mode:
+        image = image.convert(recipe.mode)
+
+    crop = recipe.center_crop
+    resize = recipe.resize
+    if resize is not None:
+        mode = resize["mode"]
+        if mode == "exact":
+            target = (int(resize["height"]), int(resize["width"]))
+        else:
+            edge = int(resize["shortest_edge"])
+            if mode == "crop_pct":
+                # ConvNeXt: resize the short side to int(edge / crop_pct), then crop edge x edge.
+                target = _shortest_edge_size(
+                    image.height, image.width, int(edge / float(resize["crop_pct"]))
+                )
+            else:
+                target = _shortest_edge_size(image.height, image.width, edge)
+        image = image.resize((target[1], target[0]), resample=recipe.resample, reducing_gap=None)
+
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if resize is not None and resize["mode"] == "crop_pct":
+        edge = int(resize["shortest_edge"])
+        pixels = _center_crop(pixels, edge, edge)
+    if crop is not None:
+        pixels = _center_crop(pixels, crop[0], crop[1])
+    return pixels
+
+
+def preprocess_images(
+    images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any]
+) -> np.ndarray:
+    """Turn images into the model's ``[B, C, H, W]`` float32 input, following ``config``.
+
+    Steps, each optional: convert to RGB (or ``L`` when ``channels`` is 1), resize with the PIL
+    filter (``exact``; ``shortest_edge`` keeping the aspect ratio; ``crop_pct`` = ConvNeXt's
+    resize to ``int(shortest_edge / crop_pct)`` then centre crop), centre crop (zero padded if
+    the crop is larger), rescale (float64 multiply, then float32), normalize (float32).
+
+    Images are always converted to the configured mode; ``convert_rgb`` records the source
+    processor's flag, and for RGB input (the only input the slow processors accept without it)
+    the conversion is a no-op either way.
+
+    Args:
+        images: PIL images or numpy arrays (as accepted by :func:`decode_image`). A single
+            image, or a 4-D array of images, is also accepted.
+        config: The image preprocessing section of the manifest.
+
+    Returns:
+        float32 array ``[B, C, H, W]``.
+
+    Raises:
+        InvalidInputError: No images, an item that is not an image, a bad array, or images
+            that end up with different sizes (a recipe without resize or crop).
+        BundleError: The config is malformed.
+    """
+    recipe = _recipe(config)
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        images = list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
+        raise InvalidInputError(
+            "preprocess_images needs a non-empty list of images.",
+            hint="Decode inputs with decode_image first.",
+        )
+
+    prepared: list[np.ndarray] = []
+    for index, item in enumerate(images):
+        if isinstance(item, np.ndarray):
+            item = array_to_image(item, f"Image array #{index}")
+        elif not isinstance(item, Image.Image):
+            raise InvalidInputError(
+                f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
+                hint="Decode inputs with decode_image first.",
+            )
+        prepared.append(_prepare_one(item, recipe))
+
+    shapes = {p.shape[:2] for p in prepared}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes))
+        raise InvalidInputError(
+            f"The images have different sizes ({sizes}) and the preprocessing neither resizes "
+            "nor crops them to a common size.",
+            hint="Send images of equal size, or one image per request.",
+        )
+
+    batch = np.stack(prepared)
+    # Same dtypes and operation order as transformers' rescale and normalize, so results match
+    # the slow processors bit for bit.
+    if recipe.rescale_factor is not None:
+        values = (batch.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
+    else:
+        values = batch.astype(np.float32)
+    if recipe.mean is not None and recipe.std is not None:
+        values = (values - recipe.mean) / recipe.std
+    return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
