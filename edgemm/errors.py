@@ -123,6 +123,20 @@ class BundleExistsError(BundleError):
     code = "E_BUNDLE_EXISTS"
 
 
+class UnknownArtifactError(BundleError):
+    """An artifact asked for by name (``--artifact``) is not in the bundle; the hint lists the valid names."""
+
+    exit_code = EXIT_USAGE
+    code = "E_UNKNOWN_ARTIFACT"
+
+
+class OutputMismatchError(BundleError):
+    """The model's outputs do not fit the bundle's postprocessing: a label list of the wrong length,
+    a missing output, or values that are not the probabilities the postprocessing type expects."""
+
+    code = "E_OUTPUT_MISMATCH"
+
+
 class ArchiveError(BundleError):
     """A ``.edgemm`` archive is malformed, unsigned, wrongly signed or unsafe to extract."""
 
@@ -186,6 +200,17 @@ class ParityError(CheckFailedError):
     """ONNX outputs differ from PyTorch beyond tolerance; ``details['failures']`` lists all."""
 
     code = "E_PARITY"
+
+
+class BundleIntegrityError(BundleError, CheckFailedError):
+    """A bundle file's bytes differ from the size or sha256 its manifest records (exit 4).
+
+    Still a :class:`BundleError` (the bundle is refused), but the integrity check is a check that
+    failed, not a malformed bundle: ``edgemm verify`` exits 4 and names the file.
+    """
+
+    exit_code = EXIT_CHECK_FAILED
+    code = "E_BUNDLE_INTEGRITY"
 
 
 class GoldenSetError(CheckFailedError):

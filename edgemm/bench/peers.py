@@ -68,11 +68,13 @@ class HFPreprocessing:
         if isinstance(front, dict):
             feed = prepare_audio_batch(waves, front)
         else:
-            feats = front(waves, sampling_rate=rate, padding=True, return_attention_mask=True, return_tensors="np")
+            # The extractor's own mask setting: forcing a mask changes Wav2Vec2's normalisation.
+            feats = front(waves, sampling_rate=rate, padding=True, return_tensors="np")
             key = "input_features" if "input_features" in feats else "input_values"
             feed = {key: feats[key].astype(np.float32)}
-            if "attention_mask" in feats and "audio_attention_mask" in self.input_names:
-                feed["audio_attention_mask"] = feats["attention_mask"].astype(np.int64)
+            if "audio_attention_mask" in self.input_names:  # the fusion model's own pooling mask
+                lengths = np.array([w.size for w in waves])
+                feed["audio_attention_mask"] = (np.arange(feed[key].shape[-1]) < lengths[:, None]).astype(np.int64)
         if "audio_present" in self.input_names:
             feed["audio_present"] = present
         if framework == "pt":

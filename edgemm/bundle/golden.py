@@ -2,8 +2,12 @@
 
 Stored as ``golden.npz`` and always loaded with ``allow_pickle=False``: object arrays are refused.
 Keys: ``raw.text`` / ``raw.image`` / ``raw.audio`` / ``raw.audio_rate`` / ``raw.present.<modality>``,
-``feed.<input name>``, ``expected.<output name>`` (the PyTorch reference) and
-``artifact.<artifact name>.<output name>`` (what each artifact produced at export time).
+``feed.<input name>``, ``expected.<output name>`` (the PyTorch reference),
+``artifact.<artifact name>.<output name>`` (what each artifact produced at export time), and
+``labels.expected`` / ``labels.names``: the label string the postprocessing gave each row of the
+reference at export (empty for tasks without labels) and the label list it used, so that a label
+list changed after export fails the golden check. Golden sets written before labels were recorded
+have neither; their label check is skipped.
 """
 
 from __future__ import annotations
@@ -22,12 +26,21 @@ _MAX_ENTRIES = 256
 
 @dataclass
 class GoldenSet:
-    """Raw inputs, model feed and reference outputs for a handful of examples."""
+    """Raw inputs, model feed and reference outputs for a handful of examples.
+
+    Attributes:
+        raw / feed / expected / artifacts: See the module docstring.
+        labels: The expected label string per row (the postprocessed reference; ``""`` where the
+            task has no labels), or None for golden sets written before labels were recorded.
+        label_names: The bundle's label list when ``labels`` were computed (None: not recorded).
+    """
 
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     feed: dict[str, np.ndarray] = field(default_factory=dict)
     expected: dict[str, np.ndarray] = field(default_factory=dict)
     artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    labels: list[str] | None = None
+    label_names: list[str] | None = None
 
     @property
     def size(self) -> int:
@@ -64,6 +77,10 @@ class GoldenSet:
         arrays = {}
         sections = [("", self.raw), ("feed.", self.feed), ("expected.", self.expected)]
         sections += [(f"artifact.{name}.", outputs) for name, outputs in self.artifacts.items()]
+        recorded = {key: np.asarray(value, dtype=str) for key, value in (("expected", self.labels),
+                                                                         ("names", self.label_names))
+                    if value is not None}
+        sections.append(("labels.", recorded))
         for prefix, section in sections:
             for key, value in sorted(section.items()):
                 array = np.asarray(value)
@@ -93,11 +110,20 @@ class GoldenSet:
                         golden.artifacts.setdefault(name, {})[output] = array
                     elif key.startswith("raw."):
                         golden.raw[key] = array
+                    elif key in ("labels.expected", "labels.names"):
+                        if array.dtype.kind != "U" or array.ndim != 1:
+                            raise BundleError(f"Golden-set entry {key!r} is not a list of strings.",
+                                              hint="Export the bundle again.")
+                        setattr(golden, "labels" if key == "labels.expected" else "label_names",
+                                [str(x) for x in array])
                     else:
                         raise BundleError(f"Unknown golden-set entry {key!r}.", hint="Export the bundle again.")
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise BundleError(f"The golden set cannot be read: {exc}", hint="Export the bundle again.") from exc
         if not golden.expected:
             raise BundleError("The golden set has no expected outputs.", hint="Export the bundle again.")
+        if golden.labels is not None and len(golden.labels) != golden.size:
+            raise BundleError(f"The golden set records {len(golden.labels)} expected labels for {golden.size} rows.",
+                              hint="Export the bundle again.")
         return golden
 

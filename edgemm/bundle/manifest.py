@@ -2,7 +2,12 @@
 
 Parsing is strict: unknown schema versions, duplicate JSON keys, non-finite numbers, wrong types
 and unsafe paths are refused with :class:`~edgemm.errors.BundleError` before anything else
-trusts the content.
+trusts the content. The parser also checks what the manifest says about itself: every file the
+preprocessing opens (:data:`ASSET_KEYS`) is a listed bundle file, the postprocessing reads an
+output the graph has, every modality feeds graph inputs and every graph input is fed, and every
+dynamic input axis has an ordered, bounded ``[min, opt, max]`` profile. What needs the runtime's
+knowledge (postprocessing types, decoders, preprocessing sizes against the profiles) is checked by
+:func:`edgemm.runtime.semantics.check_semantics`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgemm.bundle.compare import Tolerance
-from edgemm.errors import BundleError
+from edgemm.errors import BundleError, UnknownArtifactError
 
 SCHEMA = "edgemm.bundle/1"
 MANIFEST_NAME = "edgemm.json"
@@ -40,6 +45,11 @@ CLASSIFYING_TASKS = ("classification", "zero_shot_classification", "image_text_s
 ENGINE_KIND = "tensorrt"
 _ENGINE_RECORD_STRINGS = ("tensorrt", "compute_capability")
 _ENGINE_RECORD_OPTIONAL = ("cuda", "l4t", "jetpack", "platform", "gpu")
+# The preprocessing keys whose value is a file the runtime opens (grep edgemm/runtime/preprocess):
+# each must be a safe bundle-relative path that the manifest lists, so it is hashed before use.
+ASSET_KEYS: dict[str, tuple[str, ...]] = {"text": ("tokenizer",)}
+# Largest dimension a shape or profile may name (ONNX Runtime and TensorRT take int32 sizes here).
+MAX_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,7 @@ class Manifest(InterfaceRules):
             if art.name == name:
                 return art
         valid = ", ".join(a.name for a in self.artifacts)
-        raise BundleError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
+        raise UnknownArtifactError(f"The bundle has no artifact {name!r}.", hint=f"Choose one of: {valid}.")
 
     def modality(self, name: str) -> ModalitySpec:
         """The typed entry of modality ``name``; raises BundleError if the bundle has no such modality."""
@@ -226,10 +236,21 @@ class Manifest(InterfaceRules):
         return None
 
     def asset_paths(self) -> list[str]:
-        """Bundle files the preprocessing reads (e.g. ``text/tokenizer.json``)."""
+        """Bundle files the preprocessing reads (e.g. ``text/tokenizer.json``): the values of
+        :data:`ASSET_KEYS`. Callers :func:`~edgemm.bundle.verify.verify_hashes` them before use.
+
+        Raises:
+            BundleError: A value is not a file the manifest lists (the parser refuses such
+                manifests; this guards manifests built in memory).
+        """
         listed = {f.path for f in self.files}
-        return sorted({value for section in self.preprocessing.values() for value in section.values()
-                       if isinstance(value, str) and value in listed})
+        paths = set()
+        for where, value in _asset_values(self.preprocessing):
+            if value not in listed:
+                raise BundleError(f"Manifest field {where} names {value!r}, which the bundle does not list.",
+                                  hint=_REBUILD)
+            paths.add(value)
+        return sorted(paths)
 
     def required_modalities(self) -> list[str]:
         """Modalities a request must carry."""
@@ -276,6 +297,22 @@ class Manifest(InterfaceRules):
         for name in modalities:
             if name not in MODALITIES:
                 raise BundleError(f"Unknown modality {name!r} in the manifest.", hint=_REBUILD)
+        inputs = [v.tensor(t, f"inputs[{i}]", needs_profile=True)
+                  for i, t in enumerate(v.list_of_obj(obj.get("inputs"), "inputs"))]
+        outputs = [v.tensor(t, f"outputs[{i}]") for i, t in enumerate(v.list_of_obj(obj.get("outputs"), "outputs"))]
+        _check_unique_names(inputs, "inputs")
+        _check_unique_names(outputs, "outputs")
+        if not outputs:
+            raise BundleError("The manifest lists no outputs.", hint=_REBUILD)
+        _check_modalities(v, modalities, inputs)
+        preprocessing = v.obj(obj.get("preprocessing", {}), "preprocessing")
+        for name, section in preprocessing.items():
+            if name not in MODALITIES:
+                raise BundleError(f"Manifest field preprocessing.{name} names no modality.",
+                                  hint=f"Known: {', '.join(MODALITIES)}. {_REBUILD}")
+            v.obj(section, f"preprocessing.{name}")
+        postprocessing = v.obj(obj.get("postprocessing", {}), "postprocessing")
+        _check_postprocessing(v, postprocessing, outputs)
         files = [
             FileEntry(
                 path=v.path(f.get("path"), f"files[{i}].path"),
@@ -318,14 +355,18 @@ class Manifest(InterfaceRules):
             golden = v.path(golden, "golden")
             if files and golden not in listed:
                 raise BundleError(f"The golden set {golden!r} is not listed.", hint=_REBUILD)
+        roles = {p: f"a file of artifact {a.name!r}" for a in artifacts for p in [a.path, *a.files]}
+        if golden is not None:
+            roles[golden] = "the golden set"
+        _check_assets(v, preprocessing, listed if files else None, roles)
         return cls(
             name=v.str_(obj.get("name"), "name"),
             task=task,
             modalities=modalities,
-            inputs=[v.tensor(t, f"inputs[{i}]") for i, t in enumerate(v.list_of_obj(obj.get("inputs"), "inputs"))],
-            outputs=[v.tensor(t, f"outputs[{i}]") for i, t in enumerate(v.list_of_obj(obj.get("outputs"), "outputs"))],
-            preprocessing=v.obj(obj.get("preprocessing", {}), "preprocessing"),
-            postprocessing=v.obj(obj.get("postprocessing", {}), "postprocessing"),
+            inputs=inputs,
+            outputs=outputs,
+            preprocessing=preprocessing,
+            postprocessing=postprocessing,
             artifacts=artifacts,
             labels=[v.str_(x, "labels") for x in v.list_(obj.get("labels", []), "labels")],
             created_by=v.obj(obj.get("created_by", {}), "created_by"),
@@ -352,6 +393,76 @@ def _check_engine_record(v: _Validator, record: dict[str, Any], where: str) -> N
             raise v._fail(f"{where}.built_with.{key}", "a boolean", built_with.get(key))
     for key in ("plugins", "serialized_plugin_libraries"):
         v.list_(built_with.get(key, []), f"{where}.built_with.{key}")
+
+
+def _asset_values(preprocessing: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(field, value)`` of every :data:`ASSET_KEYS` entry the preprocessing sets."""
+    found = []
+    for modality, keys in ASSET_KEYS.items():
+        section = preprocessing.get(modality)
+        if isinstance(section, dict):
+            found += [(f"preprocessing.{modality}.{key}", section[key]) for key in keys if key in section]
+    return found
+
+
+def _check_assets(v: _Validator, preprocessing: dict[str, Any], listed: set[str] | None,
+                  roles: dict[str, str]) -> None:
+    """Every file the preprocessing opens is a safe relative path, listed, and no other file's role."""
+    for where, value in _asset_values(preprocessing):
+        path = v.path(value, where)
+        if listed is not None and path not in listed:
+            raise BundleError(f"Manifest field {where} names {path!r}, which the bundle does not list: the "
+                              "runtime opens only listed, hashed files of the bundle.", hint=_REBUILD)
+        if path in roles:
+            raise BundleError(f"Manifest field {where} names {path!r}, which is {roles[path]}.", hint=_REBUILD)
+
+
+def _check_unique_names(tensors: list[TensorSpec], where: str) -> None:
+    seen: set[str] = set()
+    for spec in tensors:
+        if spec.name in seen:
+            raise BundleError(f"Manifest field {where} names {spec.name!r} twice.", hint=_REBUILD)
+        seen.add(spec.name)
+
+
+def _check_modalities(v: _Validator, modalities: dict[str, Any], inputs: list[TensorSpec]) -> None:
+    """Each modality feeds graph inputs, no input is fed twice, and, when the bundle takes raw inputs
+    at all (a feed-only bundle declares no modalities), every graph input is fed by a modality or is
+    a presence flag."""
+    graph = {spec.name: spec for spec in inputs}
+    fed: dict[str, str] = {}
+    for name, entry in modalities.items():
+        where = f"modalities.{name}"
+        entry = v.obj(entry, where)
+        if not isinstance(entry.get("required", True), bool):
+            raise v._fail(f"{where}.required", "a boolean", entry.get("required"))
+        v.str_(entry.get("batch_axis", "batch"), f"{where}.batch_axis")
+        named = [(f"{where}.inputs", v.str_(n, f"{where}.inputs"))
+                 for n in v.list_(entry.get("inputs", []), f"{where}.inputs")]
+        if entry.get("presence_input") is not None:
+            named.append((f"{where}.presence_input", v.str_(entry["presence_input"], f"{where}.presence_input")))
+        for field_name, input_name in named:
+            if input_name not in graph:
+                raise BundleError(f"Manifest field {field_name} names {input_name!r}, which is not a graph input.",
+                                  hint=f"Graph inputs: {', '.join(graph) or 'none'}. {_REBUILD}")
+            if input_name in fed:
+                raise BundleError(f"Graph input {input_name!r} is fed by both modalities.{fed[input_name]} and {where}.",
+                                  hint=_REBUILD)
+            fed[input_name] = name
+    unfed = [name for name in graph if name not in fed]
+    if modalities and unfed:
+        raise BundleError(f"Graph input(s) {', '.join(map(repr, unfed))} are fed by no modality (manifest field "
+                          "modalities[*].inputs / presence_input).", hint=_REBUILD)
+
+
+def _check_postprocessing(v: _Validator, section: dict[str, Any], outputs: list[TensorSpec]) -> None:
+    """The postprocessing reads an output the graph returns (its type is judged by the runtime)."""
+    if "type" in section:
+        v.str_(section["type"], "postprocessing.type")
+    named = section.get("output")
+    if named is not None and v.str_(named, "postprocessing.output") not in {o.name for o in outputs}:
+        raise BundleError(f"Manifest field postprocessing.output names {named!r}, which is not a graph output.",
+                          hint=f"Graph outputs: {', '.join(o.name for o in outputs)}. {_REBUILD}")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -431,7 +542,11 @@ class _Validator:
             raise BundleError(f"Manifest field {where} is not a sha256 hex digest.", hint=_REBUILD)
         return text
 
-    def tensor(self, value: dict[str, Any], where: str) -> TensorSpec:
+    def tensor(self, value: dict[str, Any], where: str, *, needs_profile: bool = False) -> TensorSpec:
+        """A graph input/output: known dtype, positive fixed dims, and for each dynamic axis that
+        has one (every dynamic axis when ``needs_profile``) a ``[min, opt, max]`` profile with
+        ``0 <= min <= opt <= max <= MAX_DIM``."""
+        name = self.str_(value.get("name"), f"{where}.name")
         dtype = self.str_(value.get("dtype"), f"{where}.dtype")
         if dtype not in DTYPES:
             raise BundleError(f"Unknown dtype {dtype!r} at {where}.", hint=f"Known: {', '.join(DTYPES)}.")
@@ -439,9 +554,22 @@ class _Validator:
         for d in self.list_(value.get("shape"), f"{where}.shape"):
             if isinstance(d, bool) or not isinstance(d, (int, str)):
                 raise self._fail(f"{where}.shape", "ints or axis names", d)
+            if isinstance(d, int) and not 1 <= d <= MAX_DIM:
+                raise BundleError(f"Manifest field {where}.shape has the dimension {d}; fixed dimensions lie in "
+                                  f"1..{MAX_DIM}.", hint=_REBUILD)
             shape.append(d)
-        profile = {
-            axis: [self.int_(x, f"{where}.profile.{axis}", minimum=0) for x in self.list_(v, where)]
-            for axis, v in self.obj(value.get("profile", {}), f"{where}.profile").items()
-        }
-        return TensorSpec(name=self.str_(value.get("name"), f"{where}.name"), dtype=dtype, shape=shape, profile=profile)
+        profile: dict[str, list[int]] = {}
+        for axis, bounds in self.obj(value.get("profile", {}), f"{where}.profile").items():
+            at = f"{where}.profile.{axis}"
+            if axis not in shape:
+                raise BundleError(f"Manifest field {at} names no axis of {name!r} (shape {shape}).", hint=_REBUILD)
+            numbers = [self.int_(x, at, minimum=0) for x in self.list_(bounds, at)]
+            if len(numbers) != 3 or not numbers[0] <= numbers[1] <= numbers[2] <= MAX_DIM:
+                raise BundleError(f"Manifest field {at} is {numbers}; a profile is [min, opt, max] with "
+                                  f"0 <= min <= opt <= max <= {MAX_DIM}.", hint=_REBUILD)
+            profile[axis] = numbers
+        missing = [d for d in shape if isinstance(d, str) and d not in profile]
+        if needs_profile and missing:
+            raise BundleError(f"Manifest field {where}.profile has no [min, opt, max] for the dynamic axis "
+                              f"{missing[0]!r} of input {name!r}.", hint=_REBUILD)
+        return TensorSpec(name=name, dtype=dtype, shape=shape, profile=profile)

@@ -3,6 +3,10 @@
 Refused: a missing or invalid manifest, any file on disk that the manifest does not list, any
 listed file that is missing, a symlink / hardlink / device / FIFO anywhere, a path that leaves the
 bundle, a size mismatch (checked before hashing, so a huge file is not read), a hash mismatch.
+
+Damage to the bundle's structure (what is listed, what exists, links) is a
+:class:`~edgemm.errors.BundleError`; bytes that differ from the recorded size or sha256 are a
+failed integrity check, :class:`~edgemm.errors.BundleIntegrityError` (exit 4), naming the file.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from edgemm.bundle.hashing import open_nofollow, sha256_file
 from edgemm.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
-from edgemm.errors import BundleError, InputPathError
+from edgemm.errors import BundleError, BundleIntegrityError, InputPathError
 
 _HINT = "Do not edit a bundle by hand; export it again or restore it from its archive."
 
@@ -106,9 +110,9 @@ def verify_bundle(path: str | os.PathLike[str], *, check_hashes: bool = True) ->
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{entry.path} is not a regular file.", hint=_HINT)
         if st.st_size != entry.bytes:
-            raise BundleError(
+            raise BundleIntegrityError(
                 f"{entry.path} is {st.st_size} bytes; the manifest says {entry.bytes} (truncated or altered).",
-                hint=_HINT,
+                hint=_HINT, details={"file": entry.path},
             )
     if check_hashes:
         verify_hashes(root, manifest, [entry.path for entry in manifest.files])
@@ -119,7 +123,8 @@ def verify_hashes(root: Path, manifest: Manifest, paths: list[str]) -> None:
     """Hash-check the given listed files (each size-checked first, opened without following links).
 
     Raises:
-        BundleError: A path is not listed, or its size or sha256 differs from the manifest.
+        BundleError: A path is not listed, missing, or not a regular file.
+        BundleIntegrityError: Its size or sha256 differs from the manifest (exit 4).
     """
     entries = {entry.path: entry for entry in manifest.files}
     for rel in paths:
@@ -131,8 +136,12 @@ def verify_hashes(root: Path, manifest: Manifest, paths: list[str]) -> None:
             st = os.lstat(full)
         except FileNotFoundError:
             raise BundleError(f"The bundle is missing {rel}.", hint=_HINT) from None
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
-            raise BundleError(f"{rel} is not the file the manifest lists (truncated or altered).", hint=_HINT)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{rel} is not a regular file.", hint=_HINT)
+        if st.st_size != entry.bytes:
+            raise BundleIntegrityError(f"{rel} is not the file the manifest lists (truncated or altered).",
+                                       hint=_HINT, details={"file": rel})
         digest, _ = sha256_file(full, limit=entry.bytes)
         if digest != entry.sha256:
-            raise BundleError(f"{rel} does not match its sha256 in the manifest (altered or corrupt).", hint=_HINT)
+            raise BundleIntegrityError(f"{rel} does not match its sha256 in the manifest (altered or corrupt).",
+                                       hint=_HINT, details={"file": rel})

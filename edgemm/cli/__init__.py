@@ -50,11 +50,29 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; an :class:`EdgemmError` becomes ``Error:`` / ``Hint:`` and its exit code."""
+        """Run the command; an :class:`EdgemmError` becomes ``Error:`` / ``Hint:`` and its exit code.
+
+        With ``--json``, every outcome is one JSON document on stdout: a user error's, a usage
+        error's (click's own, exit 2) and a bug's (``E_INTERNAL``, exit 1; its traceback still
+        goes to stderr).
+        """
+        # Read before the subcommand consumes them: a usage error can precede --json's callback.
+        raw_args = list(ctx.args)
         try:
             return super().invoke(ctx)
         except EdgemmError as exc:
-            raise UserFacingError(exc, as_json=bool((ctx.obj or {}).get("json"))) from exc
+            raise UserFacingError(exc, as_json=_wants_json(ctx, raw_args)) from exc
+        except click.UsageError as exc:
+            if _wants_json(ctx, raw_args):
+                emit_json({"ok": False, "error": {"code": "E_USAGE", "message": exc.format_message(),
+                                                  "hint": _usage_hint(exc), "details": {}}})
+            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if _wants_json(ctx, raw_args):
+                emit_json({"ok": False, "error": internal_error(exc)})
+            raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from COMMANDS so listing commands imports nothing.
@@ -91,6 +109,29 @@ class UserFacingError(click.ClickException):
         click.echo(f"Error: {self.error.message}", err=True)
         if self.error.hint:
             click.echo(f"Hint: {self.error.hint}", err=True)
+
+
+def _wants_json(ctx: click.Context, raw_args: list[str]) -> bool:
+    """Whether the command line asked for ``--json`` (seen by its callback, or among the raw args)."""
+    if (ctx.obj or {}).get("json"):
+        return True
+    before_separator = raw_args[: raw_args.index("--")] if "--" in raw_args else raw_args
+    return "--json" in before_separator
+
+
+def _usage_hint(exc: click.UsageError) -> str:
+    command = exc.ctx.command_path if exc.ctx is not None else "edgemm"
+    return f"See `{command} --help`."
+
+
+def internal_error(exc: BaseException) -> dict[str, Any]:
+    """The ``--json`` error document of a bug in edgemm (``E_INTERNAL``); its traceback goes to stderr."""
+    return {
+        "code": "E_INTERNAL",
+        "message": f"Internal error: {type(exc).__name__}: {exc}",
+        "hint": "This is a bug in edgemm. The traceback is on stderr; please report it with the command you ran.",
+        "details": {"exception": type(exc).__name__},
+    }
 
 
 def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:

@@ -46,7 +46,8 @@ def _ints(value: str | None, what: str) -> tuple[int, ...]:
 @click.option("--telemetry/--no-telemetry", default=True, show_default=True,
               help="CUDA: record power, energy per item and device memory (NVML, or tegrastats on Jetson).")
 @click.option("--max-p99-ms", type=click.FloatRange(0), help="Budget: exit 4 if an edgemm artifact's end-to-end p99 exceeds it.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Write bench.json, bench.csv and PNG plots here.")
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False, writable=True),
+              help="Write bench.json, bench.csv and PNG plots here.")
 @json_option
 def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: str, seq_lens: str | None, warmup: int,
           iterations: int, rounds: int, duration: float | None, peers: str | None, checkpoint: Path | None,

@@ -10,7 +10,7 @@ from edgemm.cli import emit_json, json_option
 
 
 @click.command("keygen")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False, writable=True), required=True,
               help="Directory for edgemm-signing.key (private, 0600) and edgemm-signing.pub.")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
 @json_option

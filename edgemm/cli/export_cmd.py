@@ -46,17 +46,25 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.option("--budget", type=click.FloatRange(0, 100), help="Max accuracy drop of a variant, in points (recipe default 0.5).")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), help="INT8 static calibration method.")
 @click.option("--allow-mismatch", is_flag=True, help="Accept a parity failure; it is recorded in the manifest.")
+@click.option("--allow-tracer-warnings", is_flag=True,
+              help="Accept the legacy exporter's warnings that the trace may be wrong for other inputs "
+                   "(a Python branch on a tensor value); they are recorded in the manifest.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code: trusted sources only).")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @json_option
 def export(source: Path | None, output: Path, spec_ref: str | None, target: str, labels: str | None,
            labels_file: Path | None, prompt: str | None, exporter: str | None, opset: int | None,
            eval_data: str | None, budget: float | None, calibration: str | None,
-           allow_mismatch: bool, allow_pickle: bool, force: bool, as_json: bool) -> None:
-    """Export SOURCE (a FusionModel, CLIP or SigLIP directory) to a verified bundle.
+           allow_mismatch: bool, allow_tracer_warnings: bool, allow_pickle: bool, force: bool,
+           as_json: bool) -> None:
+    """Export SOURCE (a FusionModel, CLIP or SigLIP directory, or with --spec your own model's
+    weights or checkpoint directory) to a verified bundle.
 
-    The graph is checked against PyTorch at several shapes; a mismatch fails with exit code 4
-    unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle verified.
+    The spec's contract is checked before and after export (input names against forward(),
+    outputs, shapes, dtypes, labels, postprocessing: exit 2). The graph is checked against
+    PyTorch at several shapes, on real held-out records and on random inputs; a mismatch fails
+    with exit code 4 unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle
+    verified.
     """
     # Checked before the build side is imported, which would otherwise end in a traceback.
     require_all("torch", "transformers", "onnx", "onnxscript", "safetensors", purpose="edgemm export")
@@ -73,6 +81,7 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
         exporter=exporter,
         opset=opset,
         allow_mismatch=allow_mismatch,
+        allow_tracer_warnings=allow_tracer_warnings,
         allow_pickle=allow_pickle,
         labels=_labels(labels, labels_file),
         prompt=prompt,
@@ -97,8 +106,8 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
         click.echo(f"triton   {triton_repo.repository}  (ensemble {triton_repo.ensemble})")
     click.echo(f"model    {report.manifest.name} ({report.manifest.task})")
     verdict = "passed" if parity["passed"] else "FAILED (accepted with --allow-mismatch)"
-    click.echo(f"parity   {verdict} at {len(parity['cases'])} shapes: max abs {parity['max_abs']:.2e}, "
-               f"min cosine {parity['min_cosine']:.6f}")
+    click.echo(f"parity   {verdict} on {len(parity['cases'])} cases ({_sources(parity.get('sources', {}))}): "
+               f"max abs {parity['max_abs']:.2e}, min cosine {parity['min_cosine']:.6f}")
     optimization = report.manifest.validation.get("optimization")
     if optimization:
         fused = ", ".join(f"{op} {n}" for op, n in sorted(optimization["fused"].items())) or "nothing"
@@ -111,4 +120,16 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
         click.echo(f"artifact {art.name:<10} {art.precision:<5} {size / 2**20:8.2f} MiB  {art.path}{measured}")
     for variant in (report.manifest.validation.get("gate") or {}).get("variants", []):
         click.echo(f"gate     {variant['variant']}: {variant['outcome']}")
+    for warning in report.warnings:
+        click.echo(f"warning  {warning}")
     click.echo(f"time     {report.timings.get('total', 0):.1f} s")
+
+
+def _sources(sources: dict) -> str:
+    """``built-in 4, real records 64 (digit-match), randomized 4`` for the parity line."""
+    parts = [f"built-in {len(sources.get('built_in', {}).get('cases', []))}"]
+    records = sources.get("real_records", {})
+    parts.append(f"real records {records['count']} ({records.get('data')})" if "count" in records
+                 else "no real records")
+    parts.append(f"randomized {len(sources.get('randomized', {}).get('cases', []))}")
+    return ", ".join(parts)

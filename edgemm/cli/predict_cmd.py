@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgemm.cli import emit_json, json_option
-from edgemm.errors import InputPathError, UsageError
+from edgemm.errors import UsageError
 
-
-def _read(paths: tuple[Path, ...], what: str) -> list[bytes]:
-    items = []
-    for path in paths:
-        if not path.is_file():
-            raise InputPathError(f"{what} file {path} does not exist.", hint="Check the path.")
-        items.append(path.read_bytes())
-    return items
+# Vectors longer than this are shown as their first and last values and their length.
+_SHOWN_VALUES = 8
 
 
 @click.command("predict")
@@ -30,17 +25,23 @@ def _read(paths: tuple[Path, ...], what: str) -> list[bytes]:
 @json_option
 def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audios: tuple[Path, ...],
             device: str, artifact: str | None, threads: int | None, as_json: bool) -> None:
-    """Predict with BUNDLE. Torch-free: runs on a kiosk with only the base install."""
+    """Predict with BUNDLE. Torch-free: runs on a kiosk with only the base install.
+
+    Prints the answer (label and scores, labels over the threshold, or values) and then every
+    model output by name; --json prints them as one document.
+    """
+    from edgemm.runtime.postprocess import MULTILABEL_TYPES
     from edgemm.runtime.predictor import Predictor
 
     if not (texts or images or audios):
         raise UsageError("Nothing to predict.", hint="Give --text, --image and/or --audio.")
     predictor = Predictor.load(bundle, device=device, artifact=artifact, threads=threads)
     similarity = predictor.manifest.task == "image_text_similarity"
+    # Files go to the predictor as paths: it reads them with its byte caps and typed errors.
     inputs = {
         "text": (list(texts) if similarity or len(texts) > 1 else texts[0]) if texts else None,
-        "image": (_read(images, "Image") if len(images) > 1 else _read(images, "Image")[0]) if images else None,
-        "audio": (_read(audios, "Audio") if len(audios) > 1 else _read(audios, "Audio")[0]) if audios else None,
+        "image": _one_or_many(images),
+        "audio": _one_or_many(audios),
     }
     result = predictor.predict(**inputs)
     results = result if isinstance(result, list) else [result]
@@ -54,8 +55,59 @@ def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audi
             "predictions": [r.to_dict() for r in results],
         })
         return
-    for r in results:
-        if r.label is not None:
-            click.echo(f"{r.label}\t{r.score:.4f}\t" + "  ".join(f"{k}={v:.3f}" for k, v in r.scores.items()))
-        if r.values:
-            click.echo("  ".join(f"{k}={v:.4f}" for k, v in r.values.items()))
+    multilabel = predictor.manifest.postprocessing.get("type") in MULTILABEL_TYPES
+    for index, r in enumerate(results):
+        prefix, indent = (f"[{index + 1}] ", "    ") if len(results) > 1 else ("", "  ")
+        click.echo(prefix + _answer(r, multilabel))
+        width = max((len(name) for name in r.outputs), default=0)
+        for name, values in r.outputs.items():
+            click.echo(f"{indent}{name:<{width}}  {compact(values)}")
+
+
+def _one_or_many(paths: tuple[Path, ...]) -> Path | list[Path] | None:
+    if not paths:
+        return None
+    return list(paths) if len(paths) > 1 else paths[0]
+
+
+def _answer(r: Any, multilabel: bool) -> str:
+    """The first line of a prediction: label and scores, labels over the threshold, or values."""
+    scores = "  ".join(f"{k}={v:.3f}" for k, v in r.scores.items())
+    if multilabel:
+        flagged = ", ".join(r.labels) if r.labels else "(no label over the threshold)"
+        return f"{flagged}\t{scores}"
+    if r.label is not None:
+        line = f"{r.label}\t{r.score:.4f}\t{scores}"
+        if r.values:  # image–text similarity: the raw score of every candidate text
+            line += "\t" + "  ".join(f"{k}={v:.4f}" for k, v in r.values.items())
+        return line
+    return "  ".join(f"{k}={v:.4f}" for k, v in r.values.items())
+
+
+def compact(values: Any) -> str:
+    """A model output's values on one line: all of a short vector, the ends of a long one.
+
+    Args:
+        values: A number or (nested) list of numbers, as in ``Prediction.outputs``.
+
+    Returns:
+        E.g. ``[0.1234, -2.5]`` or ``[0.1, 0.2, 0.3, …, 0.9, 1] (384 values)``; nested lists get
+        their shape, e.g. ``2×64 [0.1, …] (128 values)``.
+    """
+    import numpy as np
+
+    array = np.asarray(values)
+    if array.ndim == 0:
+        return _number(array.item())
+    flat = array.ravel().tolist()
+    if len(flat) <= _SHOWN_VALUES:
+        shown = ", ".join(_number(v) for v in flat)
+    else:
+        shown = ", ".join(_number(v) for v in flat[:3]) + ", …, " + ", ".join(_number(v) for v in flat[-2:])
+    shape = "×".join(str(d) for d in array.shape) + " " if array.ndim > 1 else ""
+    count = f" ({len(flat)} values)" if len(flat) > _SHOWN_VALUES else ""
+    return f"{shape}[{shown}]{count}"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -30,7 +30,7 @@ def render_systemd_unit(store: Path, port: int, policy: str, memory_max: str) ->
 
 
 @click.command("serve")
-@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.argument("bundle", required=False, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--store", type=click.Path(path_type=Path),
               help="Serve the active bundle of a device store (edgemm install) and pick up new ones.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless --expose).")

@@ -15,7 +15,8 @@ def _none(value: str | None) -> str | None:
 
 
 @click.command("train")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Checkpoint directory to write.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, file_okay=False, writable=True),
+              help="Checkpoint directory to write.")
 @click.option("--data", default="digit-match", show_default=True,
               help="'digit-match' (built in) or a dataset: .jsonl/.csv file or folder of split files.")
 @click.option("--name", help="Model name (default: from the data).")

@@ -17,20 +17,28 @@ from edgemm.errors import EngineMismatchError, GoldenSetError
 @click.option("--artifact", "artifacts", multiple=True, help="Only these artifacts (default: all for the device).")
 @json_option
 def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool) -> None:
-    """Verify BUNDLE: every file's hash, then each artifact's golden set on this machine.
+    """Verify BUNDLE: every file's hash, the manifest's semantics, then each artifact's golden set.
+
+    The manifest must describe its model: every file it points to is listed and hashed, the
+    postprocessing and labels fit the outputs, and preprocessing sizes and caps fit the inputs.
+    The golden set re-run also checks that the labels still give the answers recorded at export.
 
     TensorRT engines are checked against this machine before anything deserializes them: an
     engine outside the default policy (version-compatible, plugins) always fails; a stale or
     mismatched engine fails where TensorRT and a GPU are present (or with --device tensorrt).
 
-    Exit code 4 when an artifact no longer reproduces its golden outputs or an engine mismatches.
+    Exit code 4 when a file's hash or size differs from the manifest, an artifact no longer
+    reproduces its golden outputs or labels, or an engine mismatches; 1 when the bundle is
+    malformed (unlisted, missing or linked files, an invalid manifest).
     """
     from edgemm.bundle.verify import verify_bundle
     from edgemm.cli.inspect_cmd import engines_summary
     from edgemm.runtime.golden import golden_report
     from edgemm.runtime.predictor import _PROVIDER
+    from edgemm.runtime.semantics import check_semantics
 
     manifest = verify_bundle(bundle)
+    check_semantics(manifest)
     engines = engines_summary(manifest)
     # stale / mismatch only arise where TensorRT and a GPU exist; "unavailable" fails only when
     # engines were asked for.
@@ -44,11 +52,13 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
     reports = [golden_report(bundle, manifest, name, device=device) for name in names
                if name not in {e["name"] for e in refused}]
     passed = all(r["passed"] for r in reports) and not refused
-    if as_json and not refused:  # a refusal prints its one JSON document through the error handler
-        emit_json({"ok": passed, "bundle": str(bundle), "files": len(manifest.files), "hashes": "ok", "artifacts": reports,
+    if as_json and passed:  # a failure prints its one JSON document through the error handler
+        emit_json({"ok": passed, "bundle": str(bundle), "files": len(manifest.files), "hashes": "ok",
+                   "manifest": "ok", "artifacts": reports,
                    "engines": [{"name": e["name"], **e["compat"]} for e in engines]})
     elif not as_json:
         click.echo(f"files     {len(manifest.files)} listed, all hashes match")
+        click.echo("manifest  paths, postprocessing, labels and preprocessing sizes fit the model")
         for e in engines:
             c = e["compat"]
             state = {"ok": "compatible", "unavailable": "not checked here"}.get(c["status"], c["status"].upper())
@@ -59,7 +69,7 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
             pre = "preprocessing ok" if not r["preprocessing"]["mismatched_inputs"] else \
                 f"preprocessing differs: {r['preprocessing']['mismatched_inputs']}"
             click.echo(f"golden    {r['artifact']:<8} on {r['device']}: {'ok' if r['passed'] else 'FAILED'}  "
-                       f"max abs {worst:.2e} (vs PyTorch {drift:.2e})  {pre}")
+                       f"max abs {worst:.2e} (vs PyTorch {drift:.2e})  {pre}  {_labels_line(r['labels'])}")
     if refused:
         lines = [f"{e['name']}: {e['compat']['status']} ({'; '.join(e['compat']['reasons'])})" for e in refused]
         raise EngineMismatchError("TensorRT engine(s) cannot run here: " + "; ".join(lines) + ".",
@@ -67,5 +77,18 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
                                   details={"engines": lines, "artifacts": reports})
     if not passed:
         failed = [r["artifact"] for r in reports if not r["passed"]]
+        labels = next((r["labels"] for r in reports if not r["labels"]["passed"]), None)
+        if labels is not None:
+            raise GoldenSetError(f"Golden set failed for {', '.join(failed)}: labels differ: {labels['reason']}.",
+                                 hint="The manifest's labels or postprocessing changed after export; "
+                                      "export the bundle again.", details={"artifacts": reports})
         raise GoldenSetError(f"Golden set failed for {', '.join(failed)}.",
-                             hint="Re-export the bundle or check library versions against `edgemm inspect`.")
+                             hint="Re-export the bundle or check library versions against `edgemm inspect`.",
+                             details={"artifacts": reports})
+
+
+def _labels_line(labels: dict) -> str:
+    """The label check in a few words."""
+    if not labels["checked"]:
+        return "labels not checked (no labels recorded; export again)"
+    return f"labels ok ({labels['rows']} rows)" if labels["passed"] else "labels DIFFER"

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import re
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgemm._deps import require
-from edgemm.errors import ExportError, UsageError
+from edgemm.errors import EdgemmError, ExportError, UsageError
+from edgemm.export.contract import (
+    ForwardPlan,
+    check_graph,
+    exporter_failure,
+    plan_forward,
+    to_torch,
+)
+from edgemm.export.tracing import TracerHazard, UserCode, capture_exporter_output, first_line
 from edgemm.models.spec import ExportSpec
 
 log = logging.getLogger("edgemm.export")
@@ -26,18 +30,25 @@ EXTERNAL_DATA_THRESHOLD = 2 * 2**30
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """The written model: main file, companion files, whether weights are external."""
+    """The written model: main file, companion files, whether weights are external, and the
+    tracer warnings raised from the user's code (the caller refuses or records them)."""
 
     path: Path
     files: list[Path]
     external_data: bool
     exporter: str
+    tracer_hazards: list[TracerHazard] = field(default_factory=list)
 
 
 class OrderedIO:
-    """Wraps a module so the traced graph has positional inputs and outputs in spec order."""
+    """Wraps a module so the traced graph has positional inputs and outputs in spec order.
 
-    def __new__(cls, module: Any, input_names: list[str], output_names: list[str]) -> Any:
+    The wrapper calls ``forward()`` the way its :class:`~edgemm.export.contract.ForwardPlan`
+    says (keywords, one dict, dict-valued parameters, positional) and picks the declared
+    outputs from a tensor, tuple, dict or dataclass: users' models need no wrapper of their own.
+    """
+
+    def __new__(cls, module: Any, plan: ForwardPlan) -> Any:
         torch = require("torch")
 
         class _Wrapper(torch.nn.Module):
@@ -46,20 +57,9 @@ class OrderedIO:
                 self.inner = module
 
             def forward(self, *tensors: Any) -> tuple[Any, ...]:
-                out = self.inner(**dict(zip(input_names, tensors)))
-                if isinstance(out, dict):
-                    return tuple(out[name] for name in output_names)
-                if isinstance(out, (tuple, list)):
-                    return tuple(out)
-                return (out,)
+                return plan.select(plan.call(self.inner, tensors))
 
         return _Wrapper()
-
-
-def to_torch(feed: dict[str, np.ndarray], names: list[str]) -> tuple[Any, ...]:
-    """The feed's arrays as torch tensors, in ``names`` order (the graph's positional inputs)."""
-    torch = require("torch")
-    return tuple(torch.from_numpy(np.ascontiguousarray(feed[name])) for name in names)
 
 
 def onnx_from_torch(
@@ -70,6 +70,7 @@ def onnx_from_torch(
     *,
     exporter: str = "dynamo",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    plan: ForwardPlan | None = None,
 ) -> OnnxExport:
     """Export ``module`` to ``path`` with the spec's names, dynamic axes and opset, then check it.
 
@@ -80,8 +81,15 @@ def onnx_from_torch(
         path: Target ``.onnx`` file.
         exporter: ``"dynamo"`` (torch.export based, default) or ``"legacy"`` (TorchScript).
         external_data_threshold: Parameter bytes above which weights are saved externally.
+        plan: How to call ``forward()`` (default: :func:`~edgemm.export.contract.plan_forward`).
+
+    Returns:
+        The written files; ``tracer_hazards`` lists the legacy exporter's tracer warnings from
+        the user's code (empty for dynamo, which refuses data-dependent code outright).
 
     Raises:
+        DataDependentError: (dynamo) ``forward()`` branches on a tensor's value; names the line.
+        SpecContractError: The graph does not take, use or return what the spec declares.
         ExportError: Tracing, conversion or ``onnx.checker`` failed.
     """
     if exporter not in EXPORTERS:
@@ -90,26 +98,24 @@ def onnx_from_torch(
     onnx = require("onnx", purpose="exporting to ONNX")
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
-    wrapper = OrderedIO(module, input_names, output_names).eval()
+    plan = plan or plan_forward(module, spec)
+    user = UserCode(module)
+    wrapper = OrderedIO(module, plan).eval()
     args = to_torch(feed, input_names)
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     param_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
     external = param_bytes > external_data_threshold
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet(), torch.no_grad():
+        with capture_exporter_output(user) as said, torch.no_grad():
             if exporter == "dynamo":
                 _export_dynamo(torch, wrapper, args, spec, path, input_names, output_names, external)
             else:
                 _export_legacy(torch, wrapper, args, spec, path, input_names, output_names, external)
-    except (ExportError, UsageError):
+    except EdgemmError:
         raise
     except Exception as exc:
-        raise ExportError(
-            f"torch → ONNX conversion failed ({exporter} exporter): {_first_line(exc)}",
-            hint="Try --exporter legacy, or simplify data-dependent control flow in forward().",
-            details={"exception": type(exc).__name__},
-        ) from exc
+        raise exporter_failure(exc, exporter, user) from exc
 
     _strip_debug_metadata(onnx, path)
     files = [path]
@@ -123,10 +129,11 @@ def onnx_from_torch(
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"onnx.checker rejected the exported graph: {_first_line(exc)}",
-                          hint="Report this with the model; try --exporter legacy meanwhile.") from exc
-    _check_interface(onnx, path, input_names, output_names)
-    return OnnxExport(path=path, files=files, external_data=external, exporter=exporter)
+        raise ExportError(f"onnx.checker rejected the exported graph: {first_line(exc)}",
+                          hint="Report this with the model and the exporter's log (-vv).") from exc
+    check_graph(spec, path)
+    return OnnxExport(path=path, files=files, external_data=external, exporter=exporter,
+                      tracer_hazards=list(said.hazards))
 
 
 def _export_dynamo(torch: Any, wrapper: Any, args: tuple, spec: ExportSpec, path: Path,
@@ -136,14 +143,17 @@ def _export_dynamo(torch: Any, wrapper: Any, args: tuple, spec: ExportSpec, path
         {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str) and d in dims} or None
         for t in spec.inputs
     )
+    # No input/output names here: dynamo names internal values after their operator ("embedding",
+    # "mean", "linear"), and renaming the interface to such a name would duplicate it. The spec's
+    # names are given afterwards, clashes moved aside (_name_interface).
     program = torch.onnx.export(
         wrapper, args, dynamo=True, dynamic_shapes=(dynamic_shapes,),  # one entry: the *tensors varargs
-        opset_version=spec.opset, input_names=input_names, output_names=output_names,
-        external_data=external, optimize=True, verbose=False,
+        opset_version=spec.opset, external_data=external, optimize=True, verbose=False,
     )
     if program is None:
         raise ExportError("The dynamo exporter returned no program.")
     program.save(str(path), external_data=external)
+    _name_interface(require("onnx"), path, input_names, output_names)
 
 
 def _export_legacy(torch: Any, wrapper: Any, args: tuple, spec: ExportSpec, path: Path,
@@ -182,40 +192,45 @@ def _strip_debug_metadata(onnx: Any, path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _check_interface(onnx: Any, path: Path, input_names: list[str], output_names: list[str]) -> None:
+def _name_interface(onnx: Any, path: Path, input_names: list[str], output_names: list[str]) -> None:
+    """Rename the graph's inputs and outputs to the spec's names; internal values that already
+    carry one of those names are renamed first, so every name stays unique (SSA)."""
     model = onnx.load(str(path), load_external_data=False)
-    graph_inputs = [i.name for i in model.graph.input]
-    graph_outputs = [o.name for o in model.graph.output]
-    if graph_inputs != input_names or graph_outputs != output_names:
-        raise ExportError(
-            f"The exported graph has inputs {graph_inputs} and outputs {graph_outputs}; "
-            f"the spec declares {input_names} and {output_names}.",
-            hint="An input the model ignores is dropped by the exporter: remove it from the spec.",
-        )
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    current = [i.name for i in graph.input if i.name not in initializers] + [o.name for o in graph.output]
+    wanted = [*input_names, *output_names]
+    if current == wanted or len(current) != len(wanted):
+        return  # a count mismatch is reported by check_graph with the spec's words
+    rename = {old: new for old, new in zip(current, wanted) if old != new}
+    existing = _value_names(graph)
+    for name in set(wanted) & existing:
+        if name not in rename and name not in current:
+            fresh, i = f"{name}__internal", 1
+            while fresh in existing or fresh in wanted:
+                fresh, i = f"{name}__internal{i}", i + 1
+            rename[name] = fresh
+    _rename_values(graph, rename)
+    onnx.save(model, str(path))
 
 
-def _first_line(exc: BaseException) -> str:
-    """The informative line of an exporter error (torch wraps the cause in a long preamble)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1:]
-        if after:
-            return after[0][:500]
-    return lines[0][:500]
+def _value_names(graph: Any) -> set[str]:
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _value_names(sub)
+    return names
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Keep the exporters' progress prints and warnings off the user's terminal (debug log only)."""
-    sink = io.StringIO()
-    level = logging.getLogger("torch").level
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logging.getLogger("torch").setLevel(level)
-            if sink.getvalue():
-                log.debug("exporter output:\n%s", sink.getvalue())
+def _rename_values(graph: Any, rename: dict[str, str]) -> None:
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        value.name = rename.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_values(sub, rename)

@@ -27,14 +27,24 @@ from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle
 from edgemm.bundle.writer import write_manifest
-from edgemm.errors import BundleExistsError, ParityError, UsageError
-from edgemm.export.onnx_export import EXTERNAL_DATA_THRESHOLD, OrderedIO, onnx_from_torch, to_torch
+from edgemm.errors import BundleExistsError, EdgemmError, ParityError, UsageError
+from edgemm.export.contract import (
+    activation_warnings,
+    check_outputs,
+    check_postprocessing,
+    plan_forward,
+    refuse_tracer_hazards,
+    run_forward,
+)
+from edgemm.export.onnx_export import EXTERNAL_DATA_THRESHOLD, onnx_from_torch
+from edgemm.export.parity_inputs import ParityInputs, built_in_cases, parity_inputs
 from edgemm.export.samples import case_feed, raw_batch
 from edgemm.export.sources import load_source
+from edgemm.export.tracing import UserCode
 from edgemm.models.spec import ExportSpec, ShapeCase
 from edgemm.recipes import Recipe, load_recipe
 from edgemm.runtime.backends.onnxruntime import OrtBackend
-from edgemm.runtime.golden import check_golden
+from edgemm.runtime.golden import check_golden, record_labels
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 from edgemm.staging import staged_directory
 
@@ -69,16 +79,19 @@ class ExportOptions:
     eval_data: str | None = None
     budget_points: float | None = None
     calibration_method: str | None = None
+    allow_tracer_warnings: bool = False
 
 
 @dataclass
 class ExportReport:
-    """What an export did: where the bundle is, what was measured, how long it took."""
+    """What an export did: where the bundle is, what was measured, how long it took, and the
+    warnings it recorded (also in the manifest's ``validation.warnings``)."""
 
     bundle: Path
     manifest: Manifest
     parity: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as the JSON document ``edgemm export --json`` prints."""
@@ -94,6 +107,8 @@ class ExportReport:
             "parity_comparisons": self.parity.get("comparisons", []),
             "optimization": self.manifest.validation.get("optimization"),
             "gate": gate,
+            "warnings": self.warnings,
+            "tracer_warnings": self.manifest.validation.get("tracer_warnings", []),
             "timings_s": self.timings,
         }
 
@@ -101,14 +116,13 @@ class ExportReport:
 # -- reference runs ---------------------------------------------------------------------------
 
 
-def run_torch(module: Any, spec: ExportSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the PyTorch reference on a feed; outputs by spec name as float32 numpy."""
-    torch = require("torch")
-    names = [t.name for t in spec.inputs]
-    wrapper = OrderedIO(module, names, [t.name for t in spec.outputs]).eval()
-    with torch.no_grad():
-        outputs = wrapper(*to_torch(feed, names))
-    return {t.name: out.detach().cpu().numpy() for t, out in zip(spec.outputs, outputs)}
+def run_torch(module: Any, spec: ExportSpec, feed: dict[str, np.ndarray], *, case: str = "reference") -> dict[str, np.ndarray]:
+    """Run the PyTorch reference on a feed; outputs by spec name as numpy arrays.
+
+    ``forward()`` is called as its signature takes the inputs (see
+    :func:`~edgemm.export.contract.plan_forward`); a failure names the user's line.
+    """
+    return run_forward(module, plan_forward(module, spec), feed, case=case)
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -158,7 +172,8 @@ def export_bundle(
             tempfile.TemporaryDirectory(prefix="edgemm-export-") as work:
         manifest, parity = _build(loaded.module, spec, loaded.source, staging, Path(work), recipe, options, timings)
     timings["total"] = time.perf_counter() - start
-    return ExportReport(bundle=output, manifest=manifest, parity=parity, timings={k: round(v, 3) for k, v in timings.items()})
+    return ExportReport(bundle=output, manifest=manifest, parity=parity, timings={k: round(v, 3) for k, v in timings.items()},
+                        warnings=list(manifest.validation.get("warnings", [])))
 
 
 def _apply_recipe(spec: ExportSpec, recipe: Recipe) -> ExportSpec:
@@ -195,27 +210,48 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         target.write_bytes(data)
 
     t = time.perf_counter()
-    feeds = {case.name: case_feed(spec, case, staging) for case in _unique_cases(spec)}
-    exported = onnx_from_torch(module, spec, feeds[spec.export_case.name], staging / FP32_PATH,
-                               exporter=recipe.export.exporter, external_data_threshold=options.external_data_threshold)
+    # The contract before export: forward()'s signature, and one PyTorch run at the export shape
+    # whose outputs must have the declared shapes and dtypes and fit the postprocessing and labels.
+    plan = plan_forward(module, spec)
+    user = UserCode(module)
+    built_in = {case.name: case_feed(spec, case, staging) for case in built_in_cases(spec)}
+    export_feed = built_in[spec.export_case.name]
+    probe = run_forward(module, plan, export_feed, case=spec.export_case.name, user=user)
+    check_outputs(spec, export_feed, probe, case=spec.export_case.name)
+    check_postprocessing(spec, probe, case=spec.export_case.name)
+    exported = onnx_from_torch(module, spec, export_feed, staging / FP32_PATH, exporter=recipe.export.exporter,
+                               external_data_threshold=options.external_data_threshold, plan=plan)
+    if not options.allow_tracer_warnings:
+        refuse_tracer_hazards(exported.tracer_hazards)
+    for hazard in exported.tracer_hazards:
+        log.warning("tracer warning accepted (--allow-tracer-warnings): %s", hazard.describe())
     timings["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    references = {case.name: run_torch(module, spec, feeds[case.name]) for case in spec.parity_cases}
+    data, data_spec = _held_out_data(options, source)
+    sources = parity_inputs(spec, staging, data=data, data_spec=data_spec, built_in=built_in)
+    references: dict[str, dict[str, np.ndarray]] = {}
+    for item in sources.feeds:
+        references[item.name] = run_forward(module, plan, item.feed, case=item.name, user=user)
+        check_outputs(spec, item.feed, references[item.name], case=item.name)
+        check_postprocessing(spec, references[item.name], case=item.name)
+    warnings = activation_warnings(spec, list(references.values()))
+    for warning in warnings:
+        log.warning("%s", warning)
     inputs, outputs = spec.with_profiles()
 
     def parity_of(path: Path) -> tuple[dict[str, Any], list[OutputComparison]]:
         backend = OrtBackend(path, inputs, outputs, device="cpu", optimization="disable").activate()
         results: list[OutputComparison] = []
-        for case in spec.parity_cases:
-            results.extend(compare_all(case.name, references[case.name], backend.run(feeds[case.name]),
+        for item in sources.feeds:
+            results.extend(compare_all(item.name, references[item.name], backend.run(item.feed),
                                        spec.tolerance, classify_outputs=spec.classifying_outputs))
         backend.deactivate()
-        return summarize(results), [r for r in results if not r.passed]
+        return {**summarize(results), "sources": sources.sources}, [r for r in results if not r.passed]
 
     parity, failures = parity_of(exported.path)
     timings["parity"] = time.perf_counter() - t
-    _raise_on_mismatch("ONNX output", failures, parity, options)
+    _raise_on_mismatch("ONNX output", failures, parity, options, sources)
 
     artifacts = [Artifact(
         name="fp32", path=FP32_PATH, kind="onnx", precision="fp32",
@@ -225,7 +261,9 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         validation={"parity": {k: v for k, v in parity.items() if k != "comparisons"}, "tolerance": spec.tolerance.to_dict()},
     )]
     validation: dict[str, Any] = {"reference": "pytorch", "tolerance": spec.tolerance.to_dict(), "parity": parity,
-                                  "mismatch_accepted": bool(failures)}
+                                  "mismatch_accepted": bool(failures), "forward": plan.describe(),
+                                  "tracer_warnings": [h.to_record() for h in exported.tracer_hazards],
+                                  "warnings": warnings}
 
     bases = {"plain": exported.path}
     base_info: dict[str, dict[str, Any]] = {}
@@ -237,15 +275,15 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         base_info["optimized"] = optimize_graph(exported.path, optimized, spec.encoders)
         opt_parity, opt_failures = parity_of(optimized)
         base_info["optimized"]["parity"] = {k: v for k, v in opt_parity.items() if k != "comparisons"}
-        _raise_on_mismatch("The ORT-optimized graph", opt_failures, opt_parity, options)
+        _raise_on_mismatch("The ORT-optimized graph", opt_failures, opt_parity, options, sources)
         bases["optimized"] = optimized
         validation["optimization"] = base_info["optimized"]
         timings["optimize"] = time.perf_counter() - t
 
     if recipe.variants:
         t = time.perf_counter()
-        artifacts += _variants(spec, source, staging, bases, base_info, recipe, options, validation,
-                               lambda path: parity_of(path)[0])
+        artifacts += _variants(spec, staging, bases, base_info, recipe, validation,
+                               lambda path: parity_of(path)[0], data, data_spec)
         timings["variants"] = time.perf_counter() - t
 
     golden = _golden_set(module, spec, staging, options.golden_size)
@@ -256,6 +294,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         if art.name != "fp32":
             # Variants are checked against their own outputs, with room for their precision.
             art.validation.setdefault("tolerance", Tolerance.for_precision(art.precision).to_dict())
+    record_labels(golden, spec)  # a label list changed after export then fails the golden check
     golden.save(staging / GOLDEN_FILE)
 
     manifest = Manifest(
@@ -334,20 +373,50 @@ def _build_engines(staging: Path, manifest: Manifest, recipe: Recipe) -> Manifes
 
 
 def _raise_on_mismatch(what: str, failures: list[OutputComparison], parity: dict[str, Any],
-                       options: ExportOptions) -> None:
+                       options: ExportOptions, sources: ParityInputs) -> None:
     if failures and not options.allow_mismatch:
         lines = [f"{r.case}/{r.output}: " + "; ".join(r.reasons) for r in failures]
         total = len(parity["comparisons"])
+        origin = {item.name: item.source for item in sources.feeds}
+        failed = {origin.get(r.case, "built_in") for r in failures}
+        if "built_in" in failed:
+            hint = "Inspect the model for shape-dependent code (e.g. a traced Reshape)"
+        else:
+            kinds = " and ".join(k.replace("_", " ") for k in ("real_records", "randomized") if k in failed)
+            hint = (f"The graph matches PyTorch on the built-in shapes but not on {kinds} inputs: forward() takes a "
+                    "path there that the trace did not record (a Python branch on a tensor's value, which "
+                    "--exporter legacy records as a tracer warning); compute both paths and pick with torch.where")
         raise ParityError(
             f"{what} differs from PyTorch in {len(failures)} of {total} comparisons:\n  " + "\n  ".join(lines),
-            hint="Inspect the model for shape-dependent code (e.g. a traced Reshape); --allow-mismatch records and accepts it.",
+            hint=hint + "; --allow-mismatch records and accepts it.",
             details={"failures": [r.to_dict() for r in failures]},
         )
 
 
-def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: dict[str, Path],
-              base_info: dict[str, dict[str, Any]], recipe: Recipe, options: ExportOptions,
-              validation: dict[str, Any], parity_check: Any) -> list[Artifact]:
+def _held_out_data(options: ExportOptions, source: dict[str, Any]) -> tuple[Any, str | None]:
+    """The held-out dataset (``--eval-data``, else the one the checkpoint was trained on), or None.
+
+    ``--eval-data`` that cannot be read is an error; training data that is gone only means
+    parity runs without real records (logged).
+    """
+    from edgemm.data.resolve import resolve_dataset
+
+    if options.eval_data:
+        return resolve_dataset(options.eval_data), options.eval_data
+    trained_on = source.get("training", {}).get("data")
+    if not trained_on:
+        return None, None
+    try:
+        return resolve_dataset(trained_on), trained_on
+    except EdgemmError as exc:
+        log.warning("the data %s was trained on cannot be read (%s): parity runs without real records",
+                    trained_on, exc.message)
+        return None, None
+
+
+def _variants(spec: ExportSpec, staging: Path, bases: dict[str, Path], base_info: dict[str, dict[str, Any]],
+              recipe: Recipe, validation: dict[str, Any], parity_check: Any, dataset: Any,
+              data_spec: str | None) -> list[Artifact]:
     """Evaluate, gate, repair and fall back every variant of the recipe."""
     from edgemm.data.evalset import EvalSet
     from edgemm.optimize.gate import run_artifact
@@ -356,7 +425,13 @@ def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: di
     if spec.task not in ("classification", "matching", "zero_shot_classification"):
         raise UsageError(f"The accuracy gate measures classification tasks; {spec.task} has no variants yet.",
                          hint="Use --target default for this model.")
-    dataset, data_spec = _eval_dataset(options, source, recipe)
+    if dataset is None:
+        raise UsageError(
+            f"Recipe {recipe.name!r} builds reduced-precision variants, and every one must pass the accuracy gate "
+            "on held-out data — but there is none.",
+            hint="Pass --eval-data (digit-match, or a .jsonl/.csv dataset with test and calibration splits), "
+                 "or use --target default.",
+        )
     dataset.check_labels(spec.labels)
     test = dataset.require_split("test", minimum=MIN_EVAL_RECORDS, purpose="the accuracy gate")
     calibration = dataset.require_split("calibration", minimum=MIN_CALIBRATION_RECORDS, purpose="INT8 calibration")
@@ -393,27 +468,6 @@ def _variants(spec: ExportSpec, source: dict[str, Any], staging: Path, bases: di
         "variants": ctx.reports,
     }
     return artifacts
-
-
-def _eval_dataset(options: ExportOptions, source: dict[str, Any], recipe: Recipe) -> tuple[Any, str]:
-    from edgemm.data.resolve import resolve_dataset
-
-    spec = options.eval_data or source.get("training", {}).get("data")
-    if not spec:
-        raise UsageError(
-            f"Recipe {recipe.name!r} builds reduced-precision variants, and every one must pass the accuracy gate "
-            "on held-out data — but there is none.",
-            hint="Pass --eval-data (digit-match, or a .jsonl/.csv dataset with test and calibration splits), "
-                 "or use --target default.",
-        )
-    return resolve_dataset(spec), spec
-
-
-def _unique_cases(spec: ExportSpec) -> list[ShapeCase]:
-    seen: dict[str, ShapeCase] = {}
-    for case in [spec.export_case, *spec.parity_cases]:
-        seen.setdefault(case.name, case)
-    return list(seen.values())
 
 
 def _golden_set(module: Any, spec: ExportSpec, staging: Path, size: int) -> GoldenSet:

@@ -18,7 +18,7 @@ from edgemm.runtime.preprocess.audio import (
     audio_preprocessing_from_hf,
     default_log_mel_preprocessing,
 )
-from edgemm.runtime.preprocess.image import image_preprocessing_from_hf
+from edgemm.runtime.preprocess.image import WHITE, image_preprocessing_from_hf
 from edgemm.runtime.preprocess.text import text_preprocessing
 
 TOKENIZER_FILE = "text/tokenizer.json"
@@ -106,11 +106,13 @@ class Processors:
             assets[TOKENIZER_FILE] = tokenizer_json(self.tokenizer)
             sections["text"] = text_section(self.tokenizer, TOKENIZER_FILE, config.text_max_length)
         if self.image_processor is not None:
-            sections["image"] = image_preprocessing_from_hf(self.image_processor.to_dict())
+            # edgemm trains FusionModels through these same sections, so the picture a child
+            # sees (transparency on white paper) is what training, parity and the kiosk all use.
+            sections["image"] = image_preprocessing_from_hf(self.image_processor.to_dict(), background=WHITE)
         if isinstance(self.audio, dict):
             sections["audio"] = dict(self.audio)
         elif self.audio is not None:
-            sections["audio"] = audio_preprocessing_from_hf(self.audio.to_dict())
+            sections["audio"] = audio_section(self.audio)
         return sections, assets
 
 
@@ -120,22 +122,74 @@ def tokenizer_json(tokenizer: Any) -> bytes:
 
 
 def text_section(tokenizer: Any, tokenizer_path: str, max_length: int, *, padding: str = "longest",
-                 attention_mask: str | None = "attention_mask") -> dict[str, Any]:
-    """The runtime text section for a transformers fast tokenizer."""
+                 attention_mask: str | None = "attention_mask", input_ids: str = "input_ids",
+                 token_type_ids: str | None = None) -> dict[str, Any]:
+    """The runtime text section for a transformers fast tokenizer.
+
+    The runtime then returns what ``tokenizer(texts, padding=padding, truncation=True,
+    max_length=...)`` returns: the tokenizer's own padding and truncation sides, pad token, pad
+    id and pad token type id are recorded.
+
+    Args:
+        tokenizer: A transformers fast tokenizer (``is_fast``).
+        tokenizer_path: Bundle-relative path of its ``tokenizer.json``.
+        max_length: Truncation length in tokens (capped by ``model_max_length``).
+        padding: ``"longest"`` or ``"max_length"`` (SigLIP).
+        attention_mask / input_ids / token_type_ids: The model's ONNX input names for each
+            (``None``: the model does not take it).
+
+    Returns:
+        The section (see :func:`edgemm.runtime.preprocess.text.text_preprocessing`).
+
+    Raises:
+        UsageError: The tokenizer has no padding token, or pads or truncates on a side other
+            than left or right.
+    """
     model_max = getattr(tokenizer, "model_max_length", None) or max_length
     limit = min(max_length, model_max) if model_max < 10**6 else max_length
     pad_token = tokenizer.pad_token
     if pad_token is None:
         raise UsageError("The tokenizer has no padding token.", hint="Set tokenizer.pad_token before saving.")
+    sides = {"padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side}
+    for key, side in sides.items():
+        if side not in ("right", "left"):
+            raise UsageError(f"The tokenizer's {key} is {side!r}.", hint=f"Set tokenizer.{key} to 'right' or 'left'.")
     return text_preprocessing(
         tokenizer_path,
         max_length=limit,
         pad_token_id=tokenizer.pad_token_id,
         pad_token=pad_token,
         padding=padding,
+        input_ids=input_ids,
         attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
         min_length=len(tokenizer("")["input_ids"]),
+        pad_type_id=int(tokenizer.pad_token_type_id),
+        **sides,
     )
+
+
+def audio_section(extractor: Any, *, inputs: tuple[str, str | None] | None = None,
+                  features: str | None = None) -> dict[str, Any]:
+    """The runtime audio section for a transformers feature extractor.
+
+    Args:
+        extractor: A ``Wav2Vec2FeatureExtractor`` (wav2vec2, HuBERT, WavLM ...) or
+            ``WhisperFeatureExtractor``, configured as at training time.
+        inputs: The model's ONNX input names ``(features, mask)``; ``mask`` None when the
+            model takes no mask. Default: ``input_values`` + ``audio_attention_mask``
+            (waveform) or ``input_features`` (Whisper).
+        features: Force the feature kind of a custom extractor (see
+            :func:`~edgemm.runtime.preprocess.audio.audio_preprocessing_from_hf`).
+
+    Returns:
+        The section; the runtime reproduces ``extractor(waves, padding=True)`` with the
+        extractor's own ``return_attention_mask`` / ``do_normalize`` / ``padding_value``.
+
+    Raises:
+        UnsupportedModelError: The extractor or one of its settings cannot be reproduced.
+    """
+    return audio_preprocessing_from_hf(extractor.to_dict(), features=features, inputs=inputs)
 
 
 def _default_image_processor(architecture: str, config: dict[str, Any], source: str | None) -> Any:

@@ -26,11 +26,12 @@ from edgemm.errors import (
     RuntimeFailure,
     UsageError,
 )
-from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.backends.base import Backend, axis_meanings
 from edgemm.runtime.backends.onnxruntime import OrtBackend, tensorrt_ep_options
 from edgemm.runtime.golden import check_golden
 from edgemm.runtime.postprocess import Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
+from edgemm.runtime.semantics import check_semantics
 from edgemm.runtime.sessions import available_devices
 from edgemm.runtime.trt_compat import (
     ENGINE_KIND,
@@ -140,6 +141,7 @@ class Predictor:
         self.artifact = artifact
         self.skipped = skipped
         self.preprocessor = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
+        backend.axis_meanings = axis_meanings(manifest)  # out-of-profile inputs explained in user terms
         self.max_batch = manifest.max_batch or 64
 
     @classmethod
@@ -172,7 +174,9 @@ class Predictor:
             host: This machine's TensorRT/CUDA facts (probed when an engine is considered).
 
         Raises:
-            BundleError: The bundle fails verification.
+            BundleError: The bundle fails verification, or its manifest does not describe a
+                runnable model (:func:`~edgemm.runtime.semantics.check_semantics`).
+            BundleIntegrityError: A file it reads differs from its recorded sha256 (exit 4).
             BackendUnavailableError: The device cannot be used (exit 3).
         """
         if device not in DEVICES:
@@ -182,6 +186,8 @@ class Predictor:
         # predictor will read, before they are read. Hashing every artifact of a multi-precision
         # bundle at each start would cost a kiosk seconds for files it never opens.
         manifest = verify_bundle(root, check_hashes=False)
+        # The manifest's numbers are checked before any session, tokenizer or buffer exists.
+        check_semantics(manifest)
         skipped: list[str] = []
         if device in ("auto", "tensorrt"):
             loaded = _load_engine(root, manifest, device, artifact, engine_policy, host, skipped)

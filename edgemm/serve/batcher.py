@@ -185,6 +185,9 @@ class MicroBatcher:
         context can succeed, so the loop answers this batch and then ends the process
         (``on_fatal``); the supervisor starts a fresh one.
         """
+        if len(jobs) > 1 and not predictor.preprocessor.rows_independent:
+            # Each request must get the answer it gets alone (see Preprocessor.rows_independent).
+            return self._one_by_one(predictor, jobs)
         try:
             return _predict(predictor, [j.inputs for j in jobs])
         except RuntimeFailure as exc:  # the engine failed; its own error is the cause

@@ -16,6 +16,7 @@ from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import ENGINE_KIND, Artifact, Manifest
 from edgemm.errors import BundleError, UsageError
 from edgemm.recipes import TritonSection
+from edgemm.runtime.postprocess import PER_LABEL_TYPES
 from edgemm.triton.errors import UnsupportedArtifactError, UnsupportedForTritonError
 from edgemm.triton.naming import sanitize
 from edgemm.triton.python_models import LABEL, PREDICTION, RAW_INPUTS, SCORE
@@ -75,7 +76,7 @@ class Plan:
     def label_output(self) -> str | None:
         """The output that gets Triton's ``label_filename`` (class scores, one per label), or None."""
         manifest = self.manifest
-        if manifest.postprocessing.get("type") not in ("softmax", "sigmoid") or not manifest.labels:
+        if manifest.postprocessing.get("type") not in PER_LABEL_TYPES or not manifest.labels:
             return None
         name = manifest.primary_output
         spec = next((o for o in manifest.outputs if o.name == name), None)

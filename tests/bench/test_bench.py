@@ -79,7 +79,7 @@ def test_latency_budget_exit_4(tiny_bundle):
     (["--batch-sizes", "65"], 2, "outside the artifacts' profile"),
     (["--batch-sizes", "one"], 2, "comma-separated integers"),
     (["--seq-lens", "500"], 2, "outside the profile"),
-    (["--artifact", "int8"], 1, "no artifact 'int8'"),
+    (["--artifact", "int8"], 2, "no artifact 'int8'"),
     (["--peers", "tensorflow"], 2, "Unknown peer"),
     (["--device", "cuda"], 3, "CUDA"),
 ])

@@ -33,20 +33,6 @@ def _write(bundle: Path, data: dict) -> None:
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
 
 
-@pytest.fixture
-def no_parsers(monkeypatch):
-    """Spies that fail the test if an ONNX/NPZ/tokenizer parser runs on the bundle."""
-    import onnxruntime
-    import tokenizers
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a parser touched the bundle before verification finished")
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", forbidden)
-    monkeypatch.setattr(np, "load", forbidden)
-    monkeypatch.setattr(tokenizers.Tokenizer, "from_file", forbidden)
-
-
 def _refused(bundle: Path, match: str) -> None:
     from edgemm.runtime import Predictor
 

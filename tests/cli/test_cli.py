@@ -162,7 +162,7 @@ def test_predict_bad_inputs(tiny_bundle, tmp_path, image):
     wav.write_bytes(b"RIFF....WAVE")
     cases.append((["--text", "7", "--image", str(image), "--audio", str(wav)], 2, "does not take audio"))
     cases.append((["--text", "7", "--image", str(image), "--device", "cuda"], 3, "CUDA"))
-    cases.append((["--text", "7", "--image", str(image), "--artifact", "int8"], 1, "no artifact 'int8'"))
+    cases.append((["--text", "7", "--image", str(image), "--artifact", "int8"], 2, "no artifact 'int8'"))
     cases.append(([], 2, "Nothing to predict"))
     for args, code, needle in cases:
         rc, out, err, guard = run_edge("predict", str(tiny_bundle), *args, "--json")

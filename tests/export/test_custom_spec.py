@@ -40,7 +40,12 @@ def test_factory_with_safetensors_weights_exports_and_predicts(tmp_path, weights
                                       str(folder / "trained.safetensors"), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["ok"] and doc["parity"]["passed"] and len(doc["parity"]["cases"]) == 3
+    assert doc["ok"] and doc["parity"]["passed"]
+    sources = doc["parity"]["sources"]
+    assert sources["built_in"]["cases"] == ["export", "b1-short", "b5-long"]
+    assert [c["case"] for c in sources["randomized"]["cases"]] == ["random-export", "random-b1-short", "random-b5-long"]
+    assert "skipped" in sources["real_records"]  # no held-out data for a bare factory
+    assert len(doc["parity"]["cases"]) == 6
     manifest = verify_bundle(out)
     assert manifest.source["kind"] == "custom" and manifest.source["factory"].endswith(":build")
     assert manifest.source["weights"] == "trained.safetensors"
@@ -73,23 +78,29 @@ def test_pickle_weights_need_the_flag(tmp_path, weights):
     assert verify_bundle(tmp_path / "b").source["weights"] == "trained.pt"
 
 
-def test_baked_shape_fails_parity_with_exit_4_and_no_bundle(tmp_path):
+def test_baked_shape_is_a_tracer_warning_then_fails_parity_with_exit_4_and_no_bundle(tmp_path):
     runner = CliRunner()
     out = tmp_path / "buggy"
-    result = runner.invoke(cli, ["export", "--spec", "tests.fixtures.custom_model:build_buggy",
-                                 "--exporter", "legacy", "-o", str(out)])
+    args = ["export", "--spec", "tests.fixtures.custom_model:build_buggy", "--exporter", "legacy", "-o", str(out)]
+    warned = runner.invoke(cli, args)
+    assert warned.exit_code == 2, warned.output
+    assert "custom_model.py:30" in warned.stderr and "int(attention_mask.shape[1])" in warned.stderr
+    assert "--allow-tracer-warnings" in warned.stderr
+    assert not out.exists() and not list(tmp_path.glob(".buggy*"))
+
+    result = runner.invoke(cli, [*args, "--allow-tracer-warnings"])
     assert result.exit_code == 4, result.output
     assert "differs from PyTorch" in result.stderr and "b5-long" in result.stderr and "b1-short" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".buggy*"))
 
-    accepted = runner.invoke(cli, ["export", "--spec", "tests.fixtures.custom_model:build_buggy",
-                                   "--exporter", "legacy", "-o", str(out), "--allow-mismatch", "--json"])
+    accepted = runner.invoke(cli, [*args, "--allow-tracer-warnings", "--allow-mismatch", "--json"])
     assert accepted.exit_code == 0, accepted.output
     manifest = verify_bundle(out)
     assert manifest.validation["mismatch_accepted"] is True
     assert manifest.validation["parity"]["passed"] is False
+    assert manifest.validation["tracer_warnings"][0]["where"] == "custom_model.py:30"
     failing = {c["case"] for c in manifest.validation["parity"]["comparisons"] if not c["passed"]}
-    assert failing == {"b1-short", "b5-long"}
+    assert failing == {"b1-short", "b5-long", "random-b1-short", "random-b5-long"}
 
 
 def test_factory_errors_are_clear(tmp_path):

@@ -536,9 +536,18 @@ def test_audio_preprocessing_from_hf() -> None:
         "sampling_rate": 16000,
         "max_seconds": 30.0,
         "normalize": True,
+        "normalize_includes_padding": False,
         "padding_value": 0.0,
         "log_mel": None,
     }
+    # Wav2Vec2FeatureExtractor's own default is return_attention_mask=False: it then normalises
+    # padded rows, padding included.
+    bare = A.audio_preprocessing_from_hf({"feature_extractor_type": "Wav2Vec2FeatureExtractor"})
+    assert bare["normalize"] is True and bare["normalize_includes_padding"] is True
+    renamed = A.audio_preprocessing_from_hf(
+        _wav2vec2_extractor().to_dict(), inputs=("speech", None)
+    )
+    assert renamed["input"] == "speech" and renamed["mask_input"] is None
     whisper = A.audio_preprocessing_from_hf(_whisper_extractor().to_dict())
     assert whisper["features"] == "whisper_log_mel"
     assert whisper["input"] == "input_features" and whisper["mask_input"] is None
@@ -584,6 +593,19 @@ def test_audio_preprocessing_from_hf() -> None:
         UnsupportedModelError,
         A.audio_preprocessing_from_hf,
         {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 80},
+    )
+    for fe_type in ("Wav2Vec2FeatureExtractor", "WhisperFeatureExtractor"):
+        for unreproducible, words in (({"padding_side": "left"}, "'left' side"), ({"dither": 1e-4}, "noise")):
+            error = _raises_exactly(
+                UnsupportedModelError,
+                A.audio_preprocessing_from_hf,
+                {"feature_extractor_type": fe_type, **unreproducible},
+            )
+            assert words in error.message
+    _raises_exactly(
+        UnsupportedModelError,
+        A.audio_preprocessing_from_hf,
+        {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "return_attention_mask": "yes"},
     )
 
 
@@ -657,6 +679,8 @@ def test_prepare_audio_batch_rejects_bad_inputs_and_configs() -> None:
             **A.audio_preprocessing_from_hf(_whisper_extractor().to_dict()),
             "log_mel": config["log_mel"],
         },
+        {**config, "normalize": True},  # normalisation is a waveform option
+        {**config, "normalize_includes_padding": "yes"},
     ):
         _raises_exactly(BundleError, A.prepare_audio_batch, [ok], broken)
     _raises_exactly(UsageError, A.default_log_mel_preprocessing, n_fft=1)

@@ -51,9 +51,10 @@ def test_run_validates_feed(tiny_bundle):
         bad["attention_mask"] = np.ones((1, 6), dtype=np.int64)
         with pytest.raises(InvalidInputError, match="Axis 'seq'"):
             backend.run(bad)
-        with pytest.raises(InvalidInputError, match=r"accepts 1\.\.64"):
+        with pytest.raises(InvalidInputError, match=r"batch is too large: 65 items; this model takes at most 64") as info:
             backend.run(_feed(batch=65))
-        with pytest.raises(InvalidInputError, match=r"accepts 2\.\.40"):
+        assert "Split the batch" in info.value.hint
+        with pytest.raises(InvalidInputError, match=r"text is too long: 41 tokens; this model takes at most 40"):
             backend.run(_feed(seq=41))
 
 

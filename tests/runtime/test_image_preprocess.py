@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARITY_ATOL = 1e-5
+_ALL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -102,6 +103,13 @@ PARITY_CASES = [
 ]
 
 
+def _on_white(image: Image.Image) -> Image.Image:
+    """The opaque RGB rendering on white, by Pillow's own alpha compositing."""
+    rgba = image.convert("RGBA")
+    paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(paper, rgba).convert("RGB")
+
+
 def _case_id(case: tuple[str, dict]) -> str:
     name, kwargs = case
     return name.replace("ImageProcessor", "") + ("-" + json.dumps(kwargs) if kwargs else "")
@@ -112,18 +120,20 @@ def test_matches_transformers_slow_processor(case, photos, transformers_module):
     name, kwargs = case
     processor = getattr(transformers_module, name)(**kwargs)
     images = list(photos.values())
-    # The slow processors without do_convert_rgb reject non-RGB images; edgemm converts them
-    # itself, so transformers gets the same conversion done up front.
-    hf_inputs = (
-        images
-        if processor.to_dict().get("do_convert_rgb")
-        else [image.convert("RGB") for image in images]
-    )
-    expected = processor(hf_inputs, return_tensors="np")["pixel_values"]
-
     from_saved = image_preprocessing_from_hf(json.loads(processor.to_json_string()))
     from_raw = image_preprocessing_from_hf({"image_processor_type": name, **kwargs})
     assert from_saved == from_raw
+    if processor.to_dict().get("do_convert_rgb"):
+        # The processor drops alpha itself (PIL convert("RGB")); the section reproduces that.
+        assert from_saved["background"] is None
+        hf_inputs = images
+    else:
+        # The slow processors without do_convert_rgb reject non-RGB images; edgemm renders them
+        # onto white paper itself, so transformers gets the same rendering done up front.
+        assert from_saved["background"] == [255, 255, 255]
+        hf_inputs = [_on_white(image) for image in images]
+    expected = processor(hf_inputs, return_tensors="np")["pixel_values"]
+
     actual = preprocess_images(images, from_saved)
 
     assert actual.dtype == np.float32
@@ -254,6 +264,73 @@ def test_preprocess_refuses_malformed_config():
             preprocess_images([synthesize_image(8, 8, 0)], bad)
 
 
+def test_background_is_recorded_and_validated():
+    assert default_image_preprocessing(size=8)["background"] == [255, 255, 255]
+    assert default_image_preprocessing(size=8, background=(0, 64, 255))["background"] == [0, 64, 255]
+    assert default_image_preprocessing(size=8, background=None)["background"] is None
+    # HF processors: convert_rgb processors drop alpha themselves; the others refuse such images.
+    clip = image_preprocessing_from_hf({"image_processor_type": "CLIPImageProcessor"})
+    assert clip["background"] is None
+    vit = image_preprocessing_from_hf({"image_processor_type": "ViTImageProcessor"})
+    assert vit["background"] == [255, 255, 255]
+    vit_rgb = image_preprocessing_from_hf(
+        {"image_processor_type": "ViTImageProcessor", "do_convert_rgb": True}
+    )
+    assert vit_rgb["background"] is None
+    chosen = image_preprocessing_from_hf(
+        {"image_processor_type": "CLIPImageProcessor"}, background=(255, 255, 255)
+    )
+    assert chosen["background"] == [255, 255, 255]
+    json.dumps(chosen)
+
+    for bad in ((255, 255), (256, 0, 0), (-1, 0, 0), (True, 0, 0), (1.5, 0, 0), "white", 255):
+        with pytest.raises(UsageError, match="background"):
+            default_image_preprocessing(size=8, background=bad)
+        with pytest.raises(UsageError, match="background"):
+            image_preprocessing_from_hf({"image_processor_type": "ViTImageProcessor"}, background=bad)
+        with pytest.raises(BundleError, match="background") as info:
+            preprocess_images([synthesize_image(8, 8, 0)], {**default_image_preprocessing(size=8),
+                                                           "background": bad})
+        assert info.value.hint
+    # A grey model may give its paper as one grey level.
+    grey = {**default_image_preprocessing(size=4, channels=1), "background": [200]}
+    assert preprocess_images([np.zeros((4, 4, 2), np.uint8)], grey).max() == pytest.approx(
+        (200 / 255 - 0.5) / 0.5, abs=1e-6
+    )
+    with pytest.raises(BundleError, match="background"):
+        preprocess_images([synthesize_image(8, 8, 0)], {**default_image_preprocessing(size=8),
+                                                       "background": [200]})
+
+
+def test_transparency_is_composited_onto_the_recorded_background():
+    # Half-transparent red over a recorded colour; fully transparent pixels hide pure green.
+    pixels = np.zeros((2, 2, 4), np.uint8)
+    pixels[0, 0] = (255, 0, 0, 128)
+    pixels[0, 1] = (0, 255, 0, 0)
+    pixels[1] = (10, 20, 30, 255)
+    background = (0, 64, 255)
+    config = {**default_image_preprocessing(size=2, background=background), "mean": None,
+              "std": None, "rescale_factor": None}
+    out = preprocess_images([pixels], config)[0].transpose(1, 2, 0)
+    alpha = 128
+    blended = [(c * alpha + b * (255 - alpha) + 127) // 255 for c, b in zip((255, 0, 0), background,
+                                                                           strict=True)]
+    np.testing.assert_array_equal(out[0, 0], blended)
+    np.testing.assert_array_equal(out[0, 1], background)
+    np.testing.assert_array_equal(out[1, 0], (10, 20, 30))
+
+    # Absent key (a bundle from before it existed): white paper.
+    legacy = {k: v for k, v in config.items() if k != "background"}
+    np.testing.assert_array_equal(preprocess_images([pixels], legacy)[0][:, 0, 1], (255, 255, 255))
+    # null: alpha dropped, exactly as PIL's convert("RGB") (what HF processors do).
+    dropped = preprocess_images([pixels], {**config, "background": None})[0].transpose(1, 2, 0)
+    np.testing.assert_array_equal(dropped, np.asarray(Image.fromarray(pixels).convert("RGB")))
+    # A grey model gets the luma of the composited colour.
+    grey = {**config, "channels": 1, "mean": None, "std": None}
+    luma = np.asarray(Image.fromarray(out.astype(np.uint8)).convert("L"))
+    np.testing.assert_array_equal(preprocess_images([pixels], grey)[0, 0], luma)
+
+
 # --- decode_image -------------------------------------------------------------------------------
 
 
@@ -263,13 +340,19 @@ def _encode(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def _zero_png(width: int, height: int) -> bytes:
-    """A valid 1-bit grayscale PNG of zeros; the deflate stream is tiny whatever the size."""
+def png_file(width: int, height: int, depth: int, color_type: int, idat: bytes) -> bytes:
+    """A PNG from its header fields and an already compressed IDAT stream (any claimed size)."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         body = kind + payload
         return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
 
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _zero_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of zeros; the deflate stream is tiny whatever the size."""
     row = bytes(1 + (width + 7) // 8)  # filter byte 0 + packed bits
     compressor = zlib.compressobj(9)
     block_rows = max(1, 2**20 // len(row))
@@ -279,13 +362,44 @@ def _zero_png(width: int, height: int) -> bytes:
         parts.append(compressor.compress(row * count))
         remaining -= count
     parts.append(compressor.flush())
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", b"".join(parts))
-        + chunk(b"IEND", b"")
-    )
+    return png_file(width, height, 1, 0, b"".join(parts))
+
+
+def _tiff_with_size(image: Image.Image, width: int, height: int) -> bytes:
+    """``image`` as a little-endian TIFF whose header claims another size (data stays tiny)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    assert data[:2] == b"II"
+    (offset,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, offset)
+    patched = 0
+    for index in range(count):
+        entry = offset + 2 + 12 * index
+        tag, kind = struct.unpack_from("<HH", data, entry)
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            if kind == 3:  # SHORT
+                struct.pack_into("<HHIHH", data, entry, tag, 4, 1, value & 0xFFFF, value >> 16)
+            else:
+                struct.pack_into("<HHII", data, entry, tag, 4, 1, value)
+            patched += 1
+    assert patched == 2
+    return bytes(data)
+
+
+@pytest.fixture
+def load_spy(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The formats of every image Pillow decodes (``ImageFile.load``) during the test."""
+    loads: list[str | None] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(image: ImageFile.ImageFile):
+        loads.append(image.format)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return loads
 
 
 def test_decodes_png_and_jpeg_bytes_and_paths(sample_dir: Path):
@@ -344,22 +458,46 @@ def test_decompression_bombs_are_refused(tmp_path: Path):
         decode_image(np.zeros((20, 20, 3), np.uint8), max_pixels=100)
 
 
-def test_bomb_is_refused_before_any_pixel_is_decoded(monkeypatch: pytest.MonkeyPatch):
+def test_bomb_is_refused_before_any_pixel_is_decoded(load_spy: list[str | None]):
     """The pixel cap is judged from the header: the decoder never runs on a bomb."""
-    loads: list[str | None] = []
-    real_load = ImageFile.ImageFile.load
-
-    def spy_load(image: ImageFile.ImageFile):
-        loads.append(image.format)
-        return real_load(image)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    loads = load_spy
     with pytest.raises(InputTooLargeError, match="8000x8000"):
         decode_image(_zero_png(8000, 8000))
     assert loads == []
     # The spy does see the decoder run for an image within the cap.
     assert decode_image(_zero_png(64, 48)).size == (64, 48)
     assert loads and set(loads) == {"PNG"}
+
+
+@pytest.mark.parametrize("side", [8000, 20000])
+def test_wide_and_float_bombs_are_refused_from_the_header(side: int, load_spy: list[str | None]):
+    # 8000x8000 is over edgemm's 40 Mpx cap; 20000x20000 over Pillow's own bomb limit as well.
+    row = zlib.compress(bytes(1 + 8 * side))
+    bombs = {
+        "16-bit grey PNG": png_file(side, side, 16, 0, row),
+        "16-bit RGBA PNG": png_file(side, side, 16, 6, row),
+        "16-bit TIFF": _tiff_with_size(Image.fromarray(np.zeros((2, 2), np.uint16)), side, side),
+        "32-bit int TIFF": _tiff_with_size(Image.fromarray(np.zeros((2, 2), np.int32)), side, side),
+        "float TIFF": _tiff_with_size(Image.fromarray(np.zeros((2, 2), np.float32)), side, side),
+        "CMYK TIFF": _tiff_with_size(Image.new("CMYK", (2, 2)), side, side),
+    }
+    for name, payload in bombs.items():
+        assert len(payload) < 100_000, name
+        with pytest.raises(InputTooLargeError) as info:
+            decode_image(payload, formats=_ALL_FORMATS)
+        assert f"{side}x{side}" in info.value.message or "too large" in info.value.message, name
+        if side == 20000:  # Pillow's limit holds even when the bundle's cap is raised
+            with pytest.raises(InputTooLargeError):
+                decode_image(payload, formats=_ALL_FORMATS, max_pixels=10**12)
+    assert load_spy == []  # refused from the header: no decoder ran
+    # The caps also hold for wide images in memory and wide arrays.
+    with pytest.raises(InputTooLargeError):
+        decode_image(Image.new("I;16", (200, 200)), max_pixels=1000)
+    with pytest.raises(InputTooLargeError):
+        decode_image(np.zeros((200, 200), np.uint16), max_pixels=1000)
+    # The allow-list is not widened by a mode: a TIFF is still refused unless the bundle allows it.
+    with pytest.raises(UnsupportedMediaError, match="TIFF"):
+        decode_image(_encode(Image.fromarray(np.zeros((4, 4), np.uint16)), "TIFF"))
 
 
 def test_bomb_is_not_decoded_in_a_fresh_process(tmp_path: Path):
@@ -452,20 +590,28 @@ def test_animated_gif_yields_first_frame():
 def test_array_inputs():
     assert decode_image(np.zeros((4, 5), np.uint8)).mode == "L"
     assert decode_image(np.zeros((4, 5, 1), np.uint8)).mode == "L"
+    assert decode_image(np.zeros((4, 5, 2), np.uint8)).mode == "LA"
     assert decode_image(np.zeros((4, 5, 3), np.uint8)).size == (5, 4)
     assert decode_image(np.zeros((4, 5, 4), np.uint8)).mode == "RGBA"
     floats = np.full((4, 5, 3), 0.5, np.float32)
     assert np.asarray(decode_image(floats))[0, 0, 0] == 128
+    # 16-bit samples by their range (65535 is white), like a 16-bit PNG: value / 257, rounded.
+    wide = np.array([[0, 128, 129, 257 * 100 + 128, 257 * 100 + 129, 65535]], np.uint16)
+    np.testing.assert_array_equal(np.asarray(decode_image(wide)), [[0, 0, 1, 100, 101, 255]])
+    mask = np.array([[True, False]])
+    np.testing.assert_array_equal(np.asarray(decode_image(mask)), [[255, 0]])
 
-    with pytest.raises(InvalidInputError, match="uint8"):
-        decode_image(np.zeros((4, 5, 3), np.int64))
-    with pytest.raises(InvalidInputError, match="uint8"):
-        decode_image(np.zeros((4, 5, 3), bool))
+    for dtype in (np.int64, np.int32, np.int16, np.uint32, np.complex64):
+        with pytest.raises(InvalidInputError, match="uint8") as info:
+            decode_image(np.zeros((4, 5, 3), dtype))
+        assert "uint16" in info.value.message and info.value.hint
     with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
         decode_image(np.full((4, 5, 3), 2.0))
     with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
         decode_image(np.full((4, 5, 3), np.nan))
-    for shape in ((3, 4, 5), (4, 5, 2), (2, 4, 5, 3), (7,), (0, 5, 3)):
+    with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
+        decode_image(np.full((4, 5, 3), -0.01, np.float16))
+    for shape in ((3, 4, 5), (4, 5, 5), (2, 4, 5, 3), (7,), (0, 5, 3)):
         with pytest.raises(InvalidInputError):
             decode_image(np.zeros(shape, np.uint8))
     with pytest.raises(InvalidInputError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from edgemm.bundle.manifest import TensorSpec
+from edgemm.bundle.manifest import Manifest, TensorSpec
 from edgemm.errors import InvalidInputError, RuntimeFailure
 
 _NUMPY_DTYPES = {
@@ -25,6 +27,112 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(_NUMPY_DTYPES[name])
 
 
+@dataclass(frozen=True)
+class AxisMeaning:
+    """What a dynamic axis counts, in a user's terms, so that a size outside the profile can be
+    explained the way the user sees the input (tokens of text, seconds of audio, items of a batch).
+
+    Attributes:
+        kind: ``"batch"``, ``"candidates"``, ``"text"``, ``"audio"`` or ``"other"``.
+        unit: What one step of the axis is (``"tokens"``, ``"samples"``, ``"frames"``, ``"items"``).
+        seconds_per_step: Audio only: seconds per step at the bundle's sample rate (None: unknown).
+        offset: Steps that cover no time (a centred log-mel has one frame more than hops).
+    """
+
+    kind: str
+    unit: str
+    seconds_per_step: float | None = None
+    offset: int = 0
+
+    @classmethod
+    def from_axis_name(cls, axis: str) -> AxisMeaning:
+        """The meaning edgemm's own axis names carry when nothing else is known."""
+        known = {"batch": cls("batch", "items"), "text_batch": cls("candidates", "texts"),
+                 "seq": cls("text", "tokens"), "audio_len": cls("audio", "steps")}
+        return known.get(axis, cls("other", ""))
+
+    def amount(self, size: int) -> str:
+        """``size`` steps in user terms, e.g. ``"0.05 s (800 samples)"`` or ``"70 tokens"``."""
+        steps = f"{size} {self.unit}".strip()
+        return steps if self.seconds_per_step is None else f"{self.brief(size)} ({steps})"
+
+    def brief(self, size: int) -> str:
+        """``size`` steps in the user's unit only: seconds when known, else steps."""
+        if self.seconds_per_step is None:
+            return f"{size} {self.unit}".strip()
+        return f"{max(size - self.offset, 0) * self.seconds_per_step:.3g} s"
+
+    def out_of_range(self, input_name: str, axis: str, size: int, low: int, high: int) -> InvalidInputError:
+        """The error for ``size`` outside ``[low, high]``: "too short … at least" below the profile,
+        "too long … split" above it, in the axis's own terms."""
+        short = size < low
+        subject, adjectives = _SUBJECTS.get(self.kind, (f"Input {input_name} along axis {axis!r}", ("too short", "too long")))
+        limit = f"at least {self.amount(low)}" if short else f"at most {self.amount(high)}"
+        message = (f"{subject} is {adjectives[0] if short else adjectives[1]}: {self.amount(size)}; "
+                   f"this model takes {limit}.")
+        if self.kind == "batch":
+            hint = f"Send at least {low} items." if short else f"Split the batch into calls of at most {high} items."
+        elif self.kind == "candidates":
+            hint = (f"Send at least {low} candidate texts." if short
+                    else f"Split the candidate texts into calls of at most {high}.")
+        elif self.kind == "text":
+            hint = f"Send a longer text (at least {low} tokens)." if short else f"Shorten the text to at most {high} tokens."
+        elif self.kind == "audio":
+            hint = (f"Record at least {self.brief(low)} of audio and send it again." if short
+                    else f"Trim the recording, or split it into parts of at most {self.brief(high)}.")
+        else:
+            hint = (f"Give a larger input: at least {low} along {axis!r}." if short
+                    else f"Split the batch or give a smaller input: at most {high} along {axis!r}.")
+        return InvalidInputError(message, hint=hint,
+                                 details={"input": input_name, "axis": axis, "size": size, "min": low, "max": high})
+
+
+# What each kind of axis is called in a message, and its adjectives below / above the profile.
+_SUBJECTS = {
+    "batch": ("The batch", ("too small", "too large")),
+    "candidates": ("The list of candidate texts", ("too short", "too long")),
+    "text": ("The text", ("too short", "too long")),
+    "audio": ("The recording", ("too short", "too long")),
+}
+
+
+def axis_meanings(manifest: Manifest) -> dict[str, AxisMeaning]:
+    """What each dynamic input axis of ``manifest`` counts, from its modalities and preprocessing.
+
+    Audio lengths get seconds at the bundle's sample rate (``waveform``: samples; ``log_mel``:
+    frames of ``hop_length`` samples); a modality's batch axis is its items (candidate texts for
+    an image–text similarity bundle); other text axes are tokens.
+    """
+    inputs = {spec.name: spec for spec in manifest.inputs}
+    meanings: dict[str, AxisMeaning] = {}
+    for modality, spec in manifest.modality_specs().items():
+        section = manifest.preprocessing.get(modality, {})
+        for name in spec.inputs:
+            for dim in (inputs[name].shape if name in inputs else []):
+                if isinstance(dim, int) or dim in meanings:
+                    continue
+                if dim == spec.batch_axis:
+                    meanings[dim] = AxisMeaning.from_axis_name(dim if dim in ("batch", "text_batch") else "batch")
+                elif modality == "text":
+                    meanings[dim] = AxisMeaning("text", "tokens")
+                elif modality == "audio":
+                    meanings[dim] = _audio_meaning(section)
+    return meanings
+
+
+def _audio_meaning(section: dict[str, Any]) -> AxisMeaning:
+    """The audio length axis of a preprocessing section: samples or log-mel frames, in seconds if known."""
+    rate = section.get("sampling_rate")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+        return AxisMeaning("audio", "steps")
+    if section.get("features") == "waveform":
+        return AxisMeaning("audio", "samples", seconds_per_step=1.0 / rate)
+    hop = (section.get("log_mel") or {}).get("hop_length")
+    if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0:
+        return AxisMeaning("audio", "frames", seconds_per_step=hop / rate, offset=1)
+    return AxisMeaning("audio", "frames")
+
+
 class Backend(ABC):
     """A loaded model that maps a feed dict of numpy arrays to named numpy outputs.
 
@@ -38,6 +146,9 @@ class Backend(ABC):
     def __init__(self, input_specs: list[TensorSpec], output_specs: list[TensorSpec]):
         self.input_specs = list(input_specs)
         self.output_specs = list(output_specs)
+        # What each dynamic axis means to a user, for the messages of check_feed; the Predictor
+        # sets it from the manifest (see axis_meanings), else edgemm's axis names decide.
+        self.axis_meanings: dict[str, AxisMeaning] = {}
         self._active = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -122,10 +233,8 @@ class Backend(ABC):
                     )
                 bounds = spec.profile.get(dim)
                 if bounds and not bounds[0] <= size <= bounds[-1]:
-                    raise InvalidInputError(
-                        f"Axis {dim!r} of {spec.name} is {size}; this artifact accepts {bounds[0]}..{bounds[-1]}.",
-                        hint="Split the batch or shorten the input.",
-                    )
+                    meaning = self.axis_meanings.get(dim) or AxisMeaning.from_axis_name(dim)
+                    raise meaning.out_of_range(spec.name, dim, size, int(bounds[0]), int(bounds[-1]))
 
     # -- hooks ----------------------------------------------------------------------------
 

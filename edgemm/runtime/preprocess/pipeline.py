@@ -86,6 +86,23 @@ class Preprocessor:
                 feed[info.presence_input] = present
         return feed
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether each row's features are the same whatever else shares its batch.
+
+        False when the audio section normalises padded rows (``normalize_includes_padding``,
+        transformers' Wav2Vec2 extractors without an attention mask): a recording's features
+        then depend on the longest recording of its batch, exactly as in training, so requests
+        from different people must not share a batch (a server runs them one by one).
+        """
+        audio = self.preprocessing.get("audio")
+        return not (
+            audio is not None
+            and audio.get("features") == "waveform"
+            and audio.get("normalize", True)
+            and audio.get("normalize_includes_padding", False)
+        )
+
     def _shares_batch(self, modality: str) -> bool:
         # CLIP-style similarity models take the text candidates on their own batch axis.
         spec = self.modalities.get(modality)

@@ -1,8 +1,11 @@
 """Text preprocessing with the Rust ``tokenizers`` library from the bundle's ``tokenizer.json``.
 
 Padding and truncation are configured exactly as transformers' fast tokenizers configure the
-same library for ``tokenizer(texts, padding=..., truncation=True, max_length=...)``, so token
-ids are identical to the training-time tokenizer.
+same library for ``tokenizer(texts, padding=..., truncation=True, max_length=...)``
+(``PreTrainedTokenizerFast.set_truncation_and_padding``): the tokenizer's padding and truncation
+sides, pad token, pad id and pad token type id, so token ids, masks and token type ids are
+identical to the training-time tokenizer. Sections written before ``padding_side``,
+``truncation_side`` and ``pad_type_id`` were recorded keep their old behaviour: right, right, 0.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from edgemm.errors import BundleError, InputTooLargeError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 4096
+SIDES = ("right", "left")
 
 
 def text_preprocessing(
@@ -30,6 +34,9 @@ def text_preprocessing(
     input_ids: str = "input_ids",
     max_chars: int = DEFAULT_MAX_CHARS,
     min_length: int = 1,
+    padding_side: str = "right",
+    truncation_side: str = "right",
+    pad_type_id: int = 0,
 ) -> dict[str, Any]:
     """Build the manifest's text preprocessing section.
 
@@ -41,15 +48,21 @@ def text_preprocessing(
         attention_mask / token_type_ids / input_ids: ONNX input names (``None`` = not fed).
         max_chars: Requests with more characters are refused before tokenizing.
         min_length: Shortest sequence the tokenizer produces (e.g. 2 for ``[CLS] [SEP]``).
+        padding_side / truncation_side: ``"right"`` or ``"left"``, as the tokenizer's own.
+        pad_type_id: Token type id of padding positions (``pad_token_type_id``).
 
     Returns:
         The section (``kind: "text"``) that :class:`TextPreprocessor` reads.
 
     Raises:
-        ValueError: ``padding`` is neither ``"longest"`` nor ``"max_length"``.
+        ValueError: ``padding`` is neither ``"longest"`` nor ``"max_length"``, or a side is
+            neither ``"right"`` nor ``"left"``.
     """
     if padding not in ("longest", "max_length"):
         raise ValueError(f"padding must be 'longest' or 'max_length', not {padding!r}")
+    for what, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
+        if side not in SIDES:
+            raise ValueError(f"{what} must be 'right' or 'left', not {side!r}")
     return {
         "kind": "text",
         "tokenizer": tokenizer_path,
@@ -61,6 +74,9 @@ def text_preprocessing(
         "padding": padding,
         "pad_token_id": int(pad_token_id),
         "pad_token": pad_token,
+        "pad_type_id": int(pad_type_id),
+        "padding_side": padding_side,
+        "truncation_side": truncation_side,
         "max_chars": int(max_chars),
     }
 
@@ -105,13 +121,22 @@ class TextPreprocessor:
         config: The manifest's ``preprocessing["text"]`` section.
 
     Raises:
-        BundleError: The bundle's ``tokenizer.json`` cannot be loaded.
+        BundleError: The bundle's ``tokenizer.json`` cannot be loaded, or a padding or
+            truncation setting is malformed.
     """
 
     def __init__(self, bundle_dir: Path, config: dict[str, Any]):
         from tokenizers import Tokenizer
 
         self.config = config
+        for key in ("padding_side", "truncation_side"):
+            if config.get(key, "right") not in SIDES:
+                raise BundleError(f"Text preprocessing: {key} {config.get(key)!r} is not 'right' or 'left'.",
+                                  hint="Export the bundle again.")
+        pad_type_id = config.get("pad_type_id", 0)
+        if isinstance(pad_type_id, bool) or not isinstance(pad_type_id, int) or pad_type_id < 0:
+            raise BundleError(f"Text preprocessing: pad_type_id {pad_type_id!r} is not a non-negative integer.",
+                              hint="Export the bundle again.")
         path = Path(bundle_dir) / config["tokenizer"]
         try:
             self._tokenizer = Tokenizer.from_file(str(path))
@@ -161,12 +186,16 @@ class TextPreprocessor:
     def _encode(self, clean: list[str], limit: int, pad_to: int | None) -> list[Any]:
         cfg = self.config
         tok = self._tokenizer
-        tok.enable_truncation(max_length=limit, stride=0, strategy="longest_first", direction="right")
-        if cfg["padding"] == "max_length" or pad_to is not None:
-            length = pad_to if pad_to is not None else limit
-            tok.enable_padding(direction="right", pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"], length=length)
-        else:
-            tok.enable_padding(direction="right", pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"])
+        tok.enable_truncation(max_length=limit, stride=0, strategy="longest_first",
+                              direction=cfg.get("truncation_side", "right"))
+        fixed = cfg["padding"] == "max_length" or pad_to is not None
+        tok.enable_padding(
+            direction=cfg.get("padding_side", "right"),
+            pad_id=cfg["pad_token_id"],
+            pad_type_id=cfg.get("pad_type_id", 0),
+            pad_token=cfg["pad_token"],
+            length=(pad_to if pad_to is not None else limit) if fixed else None,
+        )
         try:
             return tok.encode_batch(clean)
         finally:

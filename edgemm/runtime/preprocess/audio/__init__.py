@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from edgemm.runtime.preprocess.audio.config import (
     FEATURE_KINDS,
+    STANDARD_INPUTS,
     audio_preprocessing_from_hf,
     default_log_mel_preprocessing,
     validate_audio_preprocessing,
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
+    "STANDARD_INPUTS",
     "audio_preprocessing_from_hf",
     "decode_wav",
     "default_log_mel_preprocessing",

@@ -4,6 +4,16 @@
 (``Wav2Vec2FeatureExtractor`` and its family → ``"waveform"``, ``WhisperFeatureExtractor`` →
 ``"whisper_log_mel"``); :func:`default_log_mel_preprocessing` builds the section of edgemm's own
 log-mel CNN encoder; :func:`validate_audio_preprocessing` checks a section read from a bundle.
+
+Keys of the section (all kinds): ``kind`` (``"audio"``), ``features`` (one of
+:data:`FEATURE_KINDS`), ``input`` and ``mask_input`` (ONNX input names; no mask when null),
+``sampling_rate``, ``max_seconds``, ``padding_value``, ``normalize`` (zero-mean/unit-variance per
+row; ``"waveform"`` only) and ``log_mel`` (the mel front end; null for ``"waveform"``).
+``"waveform"`` also records ``normalize_includes_padding``: ``Wav2Vec2FeatureExtractor``
+normalises each row *after* padding it when it returns no attention mask (its config's
+``return_attention_mask`` is false), so the padding shifts the mean and variance of the shorter
+rows; with a mask it normalises the valid samples only. A section without the key (bundles
+written before it existed) keeps the old behaviour: ``false``, each recording normalised alone.
 """
 
 from __future__ import annotations
@@ -16,12 +26,21 @@ from edgemm.runtime.preprocess.audio.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_R
 
 __all__ = [
     "FEATURE_KINDS",
+    "STANDARD_INPUTS",
     "audio_preprocessing_from_hf",
     "default_log_mel_preprocessing",
     "validate_audio_preprocessing",
 ]
 
 FEATURE_KINDS = ("waveform", "whisper_log_mel", "log_mel")
+
+# The ONNX input names (features, mask) each kind gets unless the caller names its own: the
+# inputs of edgemm's audio encoders. Whisper's encoder takes no mask.
+STANDARD_INPUTS: dict[str, tuple[str, str | None]] = {
+    "waveform": ("input_values", "audio_attention_mask"),
+    "whisper_log_mel": ("input_features", None),
+    "log_mel": ("input_features", "audio_attention_mask"),
+}
 
 _CONFIG_HINT = "The bundle's audio preprocessing section is malformed; export the bundle again."
 
@@ -33,6 +52,7 @@ def default_log_mel_preprocessing(
     n_fft: int = 400,
     hop_length: int = 160,
     max_seconds: float = 10.0,
+    inputs: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Preprocessing config for edgemm's own log-mel CNN audio encoder.
 
@@ -42,6 +62,9 @@ def default_log_mel_preprocessing(
         n_fft: FFT size and Hann window length in samples.
         hop_length: Frame step in samples.
         max_seconds: Longest accepted recording.
+        inputs: The graph input names ``(features, mask)`` (your ``forward()``'s parameter
+            names); ``mask`` None when the model takes no frame mask. Default:
+            ``input_features`` + ``audio_attention_mask``.
 
     Returns:
         The manifest's audio preprocessing section (features ``"log_mel"``).
@@ -52,8 +75,8 @@ def default_log_mel_preprocessing(
     config = {
         "kind": "audio",
         "features": "log_mel",
-        "input": "input_features",
-        "mask_input": "audio_attention_mask",
+        "input": (inputs or STANDARD_INPUTS["log_mel"])[0],
+        "mask_input": (inputs or STANDARD_INPUTS["log_mel"])[1],
         "sampling_rate": int(sampling_rate),
         "max_seconds": float(max_seconds),
         "normalize": False,
@@ -74,23 +97,34 @@ def default_log_mel_preprocessing(
 
 
 def audio_preprocessing_from_hf(
-    fe_config: dict[str, Any], *, features: str | None = None
+    fe_config: dict[str, Any],
+    *,
+    features: str | None = None,
+    inputs: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Translate a transformers feature-extractor config into the manifest's audio section.
+
+    The section makes :func:`~edgemm.runtime.preprocess.audio.prepare_audio_batch` reproduce
+    what ``extractor(waves, sampling_rate=..., padding=True)`` returns for a batch, with the
+    config's own defaults (``return_attention_mask``, ``do_normalize``, ``padding_value``).
 
     Args:
         fe_config: Content of ``preprocessor_config.json`` (or ``FeatureExtractor.to_dict()``).
         features: Force the feature kind (``"waveform"``, ``"whisper_log_mel"``, ``"log_mel"``)
             for an extractor whose ``feature_extractor_type`` is missing or custom; must agree
             with the type when the type is a known one.
+        inputs: ONNX input names ``(features, mask)`` of the model (``mask`` None: the model
+            takes no mask); default :data:`STANDARD_INPUTS` of the kind.
 
     Returns:
         The audio preprocessing section: Wav2Vec2-style extractors map to ``"waveform"``
         (``input_values`` + ``audio_attention_mask``, always emitted; the model decides whether
-        it uses it), Whisper maps to ``"whisper_log_mel"`` (``input_features``, no mask).
+        it uses it; ``normalize_includes_padding`` is true when the extractor returns no
+        attention mask), Whisper maps to ``"whisper_log_mel"`` (``input_features``, no mask).
 
     Raises:
-        UnsupportedModelError: Unknown extractor type, conflicting ``features`` or bad values.
+        UnsupportedModelError: Unknown extractor type, conflicting ``features``, bad values, or
+            a setting the runtime cannot reproduce (left padding, dithering).
     """
     if not isinstance(fe_config, dict):
         raise UnsupportedModelError(
@@ -117,6 +151,7 @@ def audio_preprocessing_from_hf(
             hint="Leave features unset for standard transformers extractors.",
         )
     kind = kind or features
+    _check_reproducible(fe_config)
 
     def number(key: str, default: Any, cast: type) -> Any:
         value = fe_config.get(key, default)
@@ -129,6 +164,17 @@ def audio_preprocessing_from_hf(
             )
         return cast(value)
 
+    def flag(key: str, default: bool) -> bool:
+        value = fe_config.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise UnsupportedModelError(
+                f"The feature-extractor field {key!r} is {value!r}, not true or false.",
+                hint="Fix preprocessor_config.json.",
+            )
+        return value
+
     rate = number("sampling_rate", 16000, int)
     padding_value = number("padding_value", 0.0, float)
     if kind == "waveform":
@@ -140,11 +186,11 @@ def audio_preprocessing_from_hf(
         config = {
             "kind": "audio",
             "features": "waveform",
-            "input": "input_values",
-            "mask_input": "audio_attention_mask",
             "sampling_rate": rate,
             "max_seconds": 30.0,
-            "normalize": bool(fe_config.get("do_normalize", True)),
+            "normalize": flag("do_normalize", True),
+            # Wav2Vec2FeatureExtractor's own default is return_attention_mask=False.
+            "normalize_includes_padding": not flag("return_attention_mask", False),
             "padding_value": padding_value,
             "log_mel": None,
         }
@@ -154,10 +200,9 @@ def audio_preprocessing_from_hf(
         config = {
             "kind": "audio",
             "features": "whisper_log_mel",
-            "input": "input_features",
-            "mask_input": None,
             "sampling_rate": rate,
             "max_seconds": n_samples / rate,
+            # Whisper's do_normalize is an argument of __call__ (default off), not a setting.
             "normalize": False,
             "padding_value": padding_value,
             "log_mel": {
@@ -177,11 +222,32 @@ def audio_preprocessing_from_hf(
             n_fft=number("n_fft", 400, int),
             hop_length=number("hop_length", 160, int),
         )
+    name, mask = STANDARD_INPUTS[kind] if inputs is None else inputs
+    config.update(input=name, mask_input=mask)
     try:
         validate_audio_preprocessing(config)
     except (BundleError, UsageError) as exc:
         raise UnsupportedModelError(exc.message, hint="Fix preprocessor_config.json.") from None
     return config
+
+
+def _check_reproducible(fe_config: dict[str, Any]) -> None:
+    """Refuse extractor settings whose output the runtime cannot reproduce exactly."""
+    side = fe_config.get("padding_side", "right")
+    if side not in (None, "right"):
+        raise UnsupportedModelError(
+            f"The feature extractor pads audio on the {side!r} side; edgemm pads on the right.",
+            hint="Set padding_side='right' in preprocessor_config.json: transformers' "
+            "wav2vec2 normalisation and its frame masks assume right padding.",
+        )
+    dither = fe_config.get("dither", 0.0)
+    if dither not in (None, 0, 0.0):
+        raise UnsupportedModelError(
+            f"The feature extractor adds random noise to every input (dither={dither!r}), so no "
+            "two runs give the same features.",
+            hint="Set dither=0.0 in preprocessor_config.json (extractor.dither = 0.0) and "
+            "export again.",
+        )
 
 
 def validate_audio_preprocessing(config: dict[str, Any]) -> None:
@@ -223,6 +289,11 @@ def validate_audio_preprocessing(config: dict[str, Any]) -> None:
         or not max_seconds > 0
     ):
         raise bad(f"max_seconds {max_seconds!r} is not a positive number.")
+    for key in ("normalize", "normalize_includes_padding"):
+        if not isinstance(config.get(key, False), bool):
+            raise bad(f"{key} {config.get(key)!r} is not true or false.")
+    if config.get("normalize", False) and kind != "waveform":
+        raise bad(f"normalize applies to waveform features only, not {kind!r}.")
     padding_value = config.get("padding_value", 0.0)
     if (
         isinstance(padding_value, bool)

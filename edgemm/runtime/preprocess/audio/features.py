@@ -3,10 +3,12 @@
 Pure numpy, so the kiosk needs neither torch nor scipy. The front ends reproduce transformers'
 feature extractors numerically:
 
-* ``"waveform"`` — ``Wav2Vec2FeatureExtractor`` (per-utterance zero-mean/unit-variance, padding,
+* ``"waveform"`` — ``Wav2Vec2FeatureExtractor`` (zero-mean/unit-variance normalisation of each
+  recording, or of each padded row when the extractor returns no attention mask; padding;
   sample-level attention mask);
 * ``"whisper_log_mel"`` — ``WhisperFeatureExtractor`` (its numpy path,
-  ``_np_extract_fbank_features``);
+  ``_np_extract_fbank_features``, on audio padded or cut to its fixed window; the frame mask of
+  ``return_attention_mask=True`` when the section names a mask input);
 * ``"log_mel"`` — edgemm's own log-mel front end for its small CNN audio encoder.
 """
 
@@ -128,7 +130,8 @@ def prepare_audio_batch(
     Returns:
         ``{config["input"]: features}`` plus ``{config["mask_input"]: mask}`` when a mask input
         is configured. ``"waveform"``: float32 ``[B, T]``, mask int64 ``[B, T]``.
-        ``"whisper_log_mel"``: float32 ``[B, n_mels, n_samples // hop_length]``.
+        ``"whisper_log_mel"``: float32 ``[B, n_mels, n_samples // hop_length]``, mask int64
+        ``[B, n_samples // hop_length]`` (1 for frames that start inside the recording).
         ``"log_mel"``: float32 ``[B, n_mels, frames]``, mask int64 ``[B, frames]``.
 
     Raises:
@@ -142,7 +145,11 @@ def prepare_audio_batch(
     padding_value = float(config.get("padding_value", 0.0))
     if kind == "waveform":
         features, mask = _waveform_features(
-            batch, bool(config.get("normalize", True)), padding_value, pad_to
+            batch,
+            padding_value,
+            pad_to,
+            normalize=bool(config.get("normalize", True)),
+            includes_padding=bool(config.get("normalize_includes_padding", False)),
         )
     else:
         mel = config["log_mel"]
@@ -155,10 +162,9 @@ def prepare_audio_batch(
             int(config["sampling_rate"]),
         )
         if kind == "whisper_log_mel":
-            features = _whisper_features(
+            features, mask = _whisper_features(
                 batch, n_fft, hop, filters, int(mel["n_samples"]), padding_value
             )
-            mask = None
         else:
             features, mask = _log_mel_features(batch, n_fft, hop, filters, pad_to)
     feed = {config["input"]: features}
@@ -167,19 +173,34 @@ def prepare_audio_batch(
     return feed
 
 
+def _zero_mean_unit_var(values: np.ndarray) -> np.ndarray:
+    """``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm`` of one float32 row (same arithmetic)."""
+    return (values - values.mean()) / np.sqrt(values.var() + 1e-7)
+
+
 def _waveform_features(
-    batch: list[np.ndarray], normalize: bool, padding_value: float, pad_to: int | None
+    batch: list[np.ndarray],
+    padding_value: float,
+    pad_to: int | None,
+    *,
+    normalize: bool,
+    includes_padding: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     length = pad_to if pad_to is not None else max(w.shape[0] for w in batch)
     values = np.full((len(batch), length), padding_value, dtype=np.float32)
     mask = np.zeros((len(batch), length), dtype=np.int64)
     for i, wave in enumerate(batch):
         wave = wave[:length]
-        if normalize:
-            # Same float32 arithmetic as Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm.
-            wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+        if normalize and not includes_padding:
+            # With an attention mask: statistics of the recording; padding stays padding_value.
+            wave = _zero_mean_unit_var(wave)
         values[i, : wave.shape[0]] = wave
         mask[i, : wave.shape[0]] = 1
+    if normalize and includes_padding:
+        # Without one, transformers normalises each padded row, padding included: a shorter
+        # recording's values depend on the longest one in its batch, exactly as in training.
+        for row in values:
+            row[:] = _zero_mean_unit_var(row)
     return values, mask
 
 
@@ -190,17 +211,22 @@ def _whisper_features(
     filters: np.ndarray,
     n_samples: int,
     padding_value: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     out = []
-    for wave in batch:
+    frames = n_samples // hop
+    mask = np.zeros((len(batch), frames), dtype=np.int64)
+    for i, wave in enumerate(batch):
         fixed = np.full(n_samples, padding_value, dtype=np.float32)
-        fixed[: min(n_samples, wave.shape[0])] = wave[:n_samples]
+        kept = min(n_samples, wave.shape[0])
+        fixed[:kept] = wave[:n_samples]
+        # transformers' frame mask is the sample mask taken every hop_length samples.
+        mask[i, : -(-kept // hop)] = 1
         mel = np.maximum(1e-10, _mel_power(fixed, n_fft, hop, filters))
         # Whisper drops the last STFT frame: n_samples // hop_length frames for an even n_fft.
         log_spec = np.log10(mel).astype(np.float32)[:, :-1]
         log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
         out.append((log_spec + 4.0) / 4.0)
-    return np.stack(out)
+    return np.stack(out), mask
 
 
 def _log_mel_features(

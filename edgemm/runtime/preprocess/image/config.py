@@ -4,7 +4,9 @@
 config (ViT, DeiT, CLIP, SigLIP, ConvNeXt, BiT, with their ``*Fast`` and legacy
 ``*FeatureExtractor`` names) so that :func:`~edgemm.runtime.preprocess.image.preprocess_images`
 reproduces the *slow* processor exactly; :func:`default_image_preprocessing` builds a plain
-resize / rescale / normalise section for edgemm's own image encoders.
+resize / rescale / normalise section for edgemm's own image encoders. Both record the
+``background`` that transparency is composited onto (see
+:mod:`~edgemm.runtime.preprocess.image.render`).
 
 Only numpy and Pillow are used here; this module runs on the edge device.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,7 @@ from edgemm.runtime.preprocess.image.decode import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
 )
+from edgemm.runtime.preprocess.image.render import WHITE, parse_background
 from edgemm.runtime.preprocess.image.transforms import RESAMPLE_FILTERS
 
 __all__ = ["default_image_preprocessing", "image_preprocessing_from_hf"]
@@ -196,7 +199,10 @@ def _hf_channel_stats(value: Any, what: str) -> list[float]:
 
 
 def image_preprocessing_from_hf(
-    processor_config: Mapping[str, Any], *, input_name: str = "pixel_values"
+    processor_config: Mapping[str, Any],
+    *,
+    input_name: str = "pixel_values",
+    background: Sequence[int] | Literal["processor"] | None = "processor",
 ) -> dict[str, Any]:
     """Translate a transformers image-processor config into edgemm's image preprocessing dict.
 
@@ -209,6 +215,10 @@ def image_preprocessing_from_hf(
             a ViT, DeiT, CLIP, Siglip, ConvNext or Bit image processor; names ending in ``Fast``
             and the legacy ``*FeatureExtractor`` names are treated as the slow processor.
         input_name: Name of the model input that receives the pixel values.
+        background: What transparency becomes. ``"processor"`` (default): what the processor
+            does — ``None`` (alpha dropped, as its ``convert("RGB")`` does) when it converts
+            to RGB itself, else white (it refuses such images, so nothing is to be matched).
+            Otherwise an ``(r, g, b)`` colour, or ``None`` to drop alpha.
 
     Returns:
         The manifest's image preprocessing section (see :func:`preprocess_images`).
@@ -216,6 +226,7 @@ def image_preprocessing_from_hf(
     Raises:
         UnsupportedModelError: The processor type is unknown or its settings cannot be
             reproduced (e.g. a ``size`` the slow processor itself would reject).
+        UsageError: ``background`` is not a colour, ``None`` or ``"processor"``.
     """
     if not isinstance(processor_config, Mapping):
         raise _hf_error(
@@ -292,10 +303,19 @@ def image_preprocessing_from_hf(
     convert_rgb = False
     if spec.convert_rgb is not None:
         convert_rgb = bool(cfg.get("do_convert_rgb", spec.convert_rgb))
+    if isinstance(background, str) and background == "processor":
+        # A processor that converts to RGB does it with PIL's convert("RGB"), which drops alpha
+        # and shows whatever colour transparent pixels store (often black): that is what a
+        # model trained through it saw, so reproduce it. Without do_convert_rgb the slow
+        # processors refuse non-RGB images, and the images training saw were made opaque by
+        # the user's own code or edgemm's trainer (which preprocesses with this very
+        # section): there, composite onto white, like edgemm's own sections.
+        background = None if convert_rgb else WHITE
 
     return _make_config(
         input_name=input_name,
         convert_rgb=convert_rgb,
+        background=_user_background(background, 3),
         channels=3,
         resize=resize,
         resample=resample,
@@ -310,6 +330,7 @@ def _make_config(
     *,
     input_name: str,
     convert_rgb: bool,
+    background: tuple[int, int, int] | None,
     channels: int,
     resize: dict[str, Any] | None,
     resample: str,
@@ -322,6 +343,7 @@ def _make_config(
         "kind": "image",
         "input": input_name,
         "convert_rgb": convert_rgb,
+        "background": None if background is None else list(background),
         "channels": channels,
         "resize": resize,
         "resample": resample,
@@ -342,6 +364,8 @@ def default_image_preprocessing(
     std: Sequence[float] | float = (0.5, 0.5, 0.5),
     channels: int = 3,
     resample: str = "bilinear",
+    background: Sequence[int] | None = WHITE,
+    input_name: str = "pixel_values",
 ) -> dict[str, Any]:
     """Build a plain recipe: resize to an exact size, rescale by 1/255, normalize.
 
@@ -352,12 +376,15 @@ def default_image_preprocessing(
         std: Per-channel standard deviation, same rules as ``mean``.
         channels: 3 for RGB, 1 for grayscale (``[B, 1, H, W]``).
         resample: PIL filter name: nearest, bilinear, bicubic, lanczos, box or hamming.
+        background: The ``(r, g, b)`` colour transparency is composited onto; white by
+            default, the paper a child draws on. ``None`` drops alpha (PIL ``convert``).
+        input_name: The graph input the pixels feed (your ``forward()``'s parameter name, e.g. ``"image"``).
 
     Returns:
         The manifest's image preprocessing section (see :func:`preprocess_images`).
 
     Raises:
-        UsageError: A size, channel count, filter or statistic is invalid.
+        UsageError: A size, channel count, filter, statistic or background is invalid.
     """
     if isinstance(size, bool):
         raise UsageError(f"Image size must be an int or (height, width), got {size!r}.")
@@ -383,9 +410,12 @@ def default_image_preprocessing(
     std_values = _user_channel_stats(std, channels, "std")
     if any(s == 0 for s in std_values):
         raise UsageError(f"std must not contain zeros, got {std!r}.")
+    if not isinstance(input_name, str) or not input_name:
+        raise UsageError(f"input_name must be a graph input name, got {input_name!r}.")
     return _make_config(
-        input_name="pixel_values",
+        input_name=input_name,
         convert_rgb=True,
+        background=_user_background(background, channels),
         channels=channels,
         resize={"mode": "exact", "height": int(height), "width": int(width)},
         resample=resample,
@@ -411,3 +441,10 @@ def _user_channel_stats(value: Sequence[float] | float, channels: int, what: str
     if len(values) != channels or not all(math.isfinite(v) for v in values):
         raise UsageError(f"{what} needs {channels} finite value(s), got {value!r}.")
     return values
+
+
+def _user_background(value: Any, channels: int) -> tuple[int, int, int] | None:
+    try:
+        return parse_background(value, channels)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. background=(255, 255, 255) for white paper.") from None

@@ -1,9 +1,11 @@
 """Safe decoding of untrusted images for the torch-free edge runtime.
 
-:func:`decode_image` turns bytes, files or arrays into a loaded PIL image: the content decides
-the format (checked against an allow-list), the byte size is capped before anything is parsed,
-the pixel count is checked from the header before anything is decoded, and every decoder
-failure becomes a typed edgemm error.
+:func:`decode_image` turns bytes, files, PIL images or arrays into a loaded, upright 8-bit PIL
+image (``L``, ``LA``, ``RGB`` or ``RGBA``; see :mod:`~edgemm.runtime.preprocess.image.render`):
+the content decides the format (checked against an allow-list), the byte size is capped before
+anything is parsed, the pixel count is checked from the header before anything is decoded, and
+every decoder failure becomes a typed edgemm error. Transparency is kept; compositing it onto
+the bundle's background is the transforms' job, which know the bundle.
 
 Only the standard library, numpy and Pillow are used here; this module runs on the edge device.
 """
@@ -20,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgemm.errors import InputTooLargeError, InvalidInputError, UnsupportedMediaError, UsageError
 from edgemm.runtime.preprocess.files import read_capped
+from edgemm.runtime.preprocess.image.render import declared_white, eight_bit, samples_to_uint8
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -34,13 +37,20 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 DEFAULT_MAX_BYTES = 20 * 2**20
 
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
+
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
 # Codecs that a Pillow build may lack; asking for them is not a configuration error.
 _OPTIONAL_CODECS = frozenset({"WEBP", "AVIF"})
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image | np.ndarray
 
-def _allowed_formats(formats: Sequence[str]) -> tuple[str, ...]:
+def allowed_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """Pillow format names for a section's ``formats`` (aliases such as ``JPG`` resolved).
+
+    Raises:
+        UsageError: A name Pillow cannot read, or no usable format at all.
+    """
     if isinstance(formats, str):
         formats = (formats,)
     Image.init()
@@ -167,55 +177,53 @@ def _decode_bytes(data: bytes, allowed: tuple[str, ...], max_pixels: int, what: 
                 details={"format": image.format},
             ) from None
 
+    seen = _as_seen(image, what)
+    # Detach the result from the payload buffer the decoder may still hold.
+    return image.copy() if seen is image else seen
+
+
+def _as_seen(image: Image.Image, what: str) -> Image.Image:
+    """``image`` upright and in 8 bits: the same object when it already is both."""
+    # The white point of a 32-bit TIFF lives on the file object: read it before transposing.
+    white = declared_white(image)
+    upright = image
     try:
         # Phone cameras store rotation in EXIF; without this the model sees the photo sideways.
-        # exif_transpose returns a detached copy even without a tag, so no file handle remains.
-        return ImageOps.exif_transpose(image)
+        if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+            upright = ImageOps.exif_transpose(image)
     except Exception:
         # A broken EXIF block should not cost the user their (intact) picture.
-        return image.copy()
+        upright = image
+    return eight_bit(upright, white=white, what=what)
 
 
 def array_to_image(array: np.ndarray, what: str) -> Image.Image:
-    """Turn an image array into a PIL image, refusing shapes, dtypes and values it cannot be.
+    """Turn an image array into an 8-bit PIL image, refusing shapes, dtypes and values it cannot be.
 
     Args:
-        array: HxW, HxWx1, HxWx3 or HxWx4 pixels, uint8 (0-255) or float in [0, 1] (rounded to
-            uint8).
+        array: HxW, HxWx1 (grey), HxWx2 (grey + alpha), HxWx3 (RGB) or HxWx4 (RGBA) samples:
+            uint8 (0-255), uint16 (0-65535, divided by 257 like a 16-bit PNG), bool (0/255) or
+            float in [0, 1] (scaled by 255 and rounded).
         what: How error messages name the array, e.g. ``"Image array #2"``.
 
     Returns:
-        A PIL image of mode ``L``, ``RGB`` or ``RGBA``.
+        A PIL image of mode ``L``, ``LA``, ``RGB`` or ``RGBA`` (alpha kept).
 
     Raises:
-        InvalidInputError: The shape is not an image's, the array is empty, the dtype is neither
-            uint8 nor float, or float values lie outside [0, 1] (or are NaN/inf).
+        InvalidInputError: The shape is not an image's, the array is empty, the dtype's range
+            is unknown (signed or wide integers), or float values lie outside [0, 1] (or are
+            NaN/inf).
     """
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (2, 3, 4))):
         raise InvalidInputError(
-            f"{what} has shape {array.shape}; expected HxW, HxWx1, HxWx3 or HxWx4.",
+            f"{what} has shape {array.shape}; expected HxW, HxWx1, HxWx2, HxWx3 or HxWx4.",
             hint="Channels-first arrays (CxHxW) must be transposed with array.transpose(1, 2, 0).",
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"{what} is empty (shape {array.shape}).")
-    if array.dtype == np.uint8:
-        pixels = array
-    elif np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float32, copy=False)
-        if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
-            raise InvalidInputError(
-                f"{what} is a float array with values outside [0, 1] (or NaN/inf).",
-                hint="Float images must be scaled to [0, 1]; otherwise pass uint8 (0-255).",
-            )
-        pixels = np.rint(values * np.float32(255.0)).astype(np.uint8)
-    else:
-        raise InvalidInputError(
-            f"{what} has dtype {array.dtype}; images must be uint8 (0-255) or float in [0, 1].",
-            hint="Convert with array.astype(np.uint8) for 0-255 data.",
-        )
-    return Image.fromarray(np.ascontiguousarray(pixels))
+    return Image.fromarray(np.ascontiguousarray(samples_to_uint8(array, what)))
 
 
 def decode_image(
@@ -229,23 +237,28 @@ def decode_image(
 
     Bytes and files are identified by their content (a PNG named ``.jpg`` is a PNG) and must be
     in ``formats``. The pixel count is checked from the header before decoding, so
-    decompression bombs are refused without being decoded. Animated images yield their first
-    frame; EXIF orientation is applied.
+    decompression bombs are refused without being decoded, whatever the bit depth. Animated
+    images yield their first frame; EXIF orientation is applied (to PIL images too); every
+    mode and bit depth is rendered to 8 bits by its range, transparency kept (see
+    :func:`~edgemm.runtime.preprocess.image.render.eight_bit`).
 
     Args:
-        source: Encoded bytes, a file path, a ``PIL.Image.Image`` (returned loaded, unchanged),
-            or a numpy array HxW / HxWx1 / HxWx3 / HxWx4 of uint8 or float in [0, 1].
+        source: Encoded bytes, a file path, a ``PIL.Image.Image`` of any mode (returned
+            unchanged when it is upright 8-bit ``L``/``LA``/``RGB``/``RGBA``), or a numpy array
+            (see :func:`array_to_image`).
         max_pixels: Largest accepted ``width * height`` (Pillow's own bomb limit also applies).
         formats: Allowed Pillow format names (for bytes and files).
         max_bytes: Largest accepted payload; files are read up to ``max_bytes + 1`` bytes.
 
     Returns:
-        The loaded image, detached from any file.
+        The loaded 8-bit image, upright, detached from any file.
 
     Raises:
         InputTooLargeError: More than ``max_bytes`` bytes or ``max_pixels`` pixels.
-        UnsupportedMediaError: Not an image, a format outside ``formats``, or truncated/corrupt.
-        InvalidInputError: An array of the wrong dtype, value range or shape, or an empty image.
+        UnsupportedMediaError: Not an image, a format outside ``formats``, truncated/corrupt,
+            or a pixel mode that has no colour rendering.
+        InvalidInputError: An array of the wrong dtype, value range or shape, a float image
+            outside [0, 1], or an empty image.
         InputPathError: A path that does not exist or cannot be read.
         UsageError: Invalid limits or unknown format names.
     """
@@ -260,13 +273,13 @@ def decode_image(
                 f"The image cannot be decoded ({type(exc).__name__}: {exc}).",
                 hint="Send an intact image.",
             ) from None
-        return source
+        return _as_seen(source, "The image")
     if isinstance(source, np.ndarray):
         if source.ndim >= 2:
             _check_pixels(source.shape[1], source.shape[0], max_pixels, "The image array")
         return array_to_image(source, "The image array")
 
-    allowed = _allowed_formats(formats)
+    allowed = allowed_formats(formats)
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = source.nbytes if isinstance(source, memoryview) else len(source)
         if size > max_bytes:

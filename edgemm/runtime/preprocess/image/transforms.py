@@ -1,8 +1,10 @@
-"""The image transforms: resize, centre crop, rescale and normalise, driven by the manifest.
+"""The image transforms: render, resize, centre crop, rescale and normalise, driven by the manifest.
 
 :func:`preprocess_images` follows the manifest's image preprocessing section (see
-:mod:`edgemm.runtime.preprocess.image.config`) and reproduces transformers' *slow* (PIL/numpy)
-image processors bit for bit: the same PIL resize filter, the same integer rounding of the
+:mod:`edgemm.runtime.preprocess.image.config`). It first renders every image as a person sees
+it (:func:`~edgemm.runtime.preprocess.image.render.render`: any mode and bit depth to 8 bits,
+alpha composited onto the section's ``background``), then reproduces transformers' *slow*
+(PIL/numpy) image processors bit for bit: the same PIL resize filter, the same integer rounding of the
 shortest-edge size, the same centre-crop offsets (with zero padding when the crop is larger than
 the image), ``rescale`` multiplied in float64 then cast to float32, and ``normalize`` in float32.
 
@@ -21,6 +23,7 @@ from PIL import Image
 
 from edgemm.errors import BundleError, InvalidInputError
 from edgemm.runtime.preprocess.image.decode import array_to_image
+from edgemm.runtime.preprocess.image.render import WHITE, parse_background, render
 
 __all__ = ["RESAMPLE_FILTERS", "preprocess_images"]
 
@@ -50,9 +53,12 @@ def _config_int(value: Any, what: str) -> int:
 
 
 @dataclass(frozen=True)
-class _Recipe:
+class ImageRecipe:
+    """What an image section asks for, checked and ready for the transforms."""
+
     mode: str
     channels: int
+    background: tuple[int, int, int] | None
     resize: Mapping[str, Any] | None
     resample: Image.Resampling
     center_crop: tuple[int, int] | None
@@ -61,7 +67,15 @@ class _Recipe:
     std: np.ndarray | None
 
 
-def _recipe(config: Mapping[str, Any]) -> _Recipe:
+def parse_image_section(config: Mapping[str, Any]) -> ImageRecipe:
+    """Check a manifest image section and turn it into the transform recipe it describes.
+
+    One parser for request time (:func:`preprocess_images`) and load time
+    (:mod:`edgemm.runtime.semantics`), so both apply the same rules.
+
+    Raises:
+        BundleError: A key is missing, of the wrong type or outside its values.
+    """
     if not isinstance(config, Mapping):
         raise _config_error(f"expected a dict, got {type(config).__name__}.")
     if config.get("kind", "image") != "image":
@@ -69,6 +83,11 @@ def _recipe(config: Mapping[str, Any]) -> _Recipe:
     channels = config.get("channels", 3)
     if channels not in (1, 3) or isinstance(channels, bool):
         raise _config_error(f"channels must be 1 or 3, got {channels!r}.")
+    try:
+        # Bundles from before the key existed composite onto white, like new edgemm sections.
+        background = parse_background(config.get("background", list(WHITE)), channels)
+    except ValueError as exc:
+        raise _config_error(str(exc)) from None
 
     resize = config.get("resize")
     if resize is not None:
@@ -91,7 +110,7 @@ def _recipe(config: Mapping[str, Any]) -> _Recipe:
             ):
                 raise _config_error(f"resize.crop_pct must be a positive number, got {pct!r}.")
     resample_name = config.get("resample", "bilinear")
-    if resample_name not in RESAMPLE_FILTERS:
+    if not isinstance(resample_name, str) or resample_name not in RESAMPLE_FILTERS:
         raise _config_error(
             f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample_name!r}."
         )
@@ -135,9 +154,10 @@ def _recipe(config: Mapping[str, Any]) -> _Recipe:
                 f"mean/std must be finite and std non-zero, got {mean!r} / {std!r}."
             )
 
-    return _Recipe(
+    return ImageRecipe(
         mode="RGB" if channels == 3 else "L",
         channels=channels,
+        background=background,
         resize=resize,
         resample=RESAMPLE_FILTERS[resample_name],
         center_crop=center_crop,
@@ -177,14 +197,13 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return padded[max(0, top) : min(new_height, bottom), max(0, left) : min(new_width, right)]
 
 
-def _prepare_one(image: Image.Image, recipe: _Recipe) -> np.ndarray:
-    """Mode conversion, resize and crop of one image; returns HxWxC uint8."""
+def _prepare_one(image: Image.Image, recipe: ImageRecipe, what: str) -> np.ndarray:
+    """Rendering, resize and crop of one image; returns HxWxC uint8."""
     if image.width == 0 or image.height == 0:
         raise InvalidInputError(f"An image is empty ({image.width}x{image.height} pixels).")
-    # Always convert: for RGB input this is a no-op (what transformers does with or without
-    # do_convert_rgb), and the slow processors reject other modes, so there is nothing to match.
-    if image.mode != recipe.mode:
-        image = image.convert(recipe.mode)
+    # Always render: for RGB input this is a no-op (what transformers does with or without
+    # do_convert_rgb); other modes become the 8-bit opaque picture a person sees.
+    image = render(image, background=recipe.background, mode=recipe.mode, what=what)
 
     crop = recipe.center_crop
     resize = recipe.resize
@@ -219,29 +238,33 @@ def preprocess_images(
 ) -> np.ndarray:
     """Turn images into the model's ``[B, C, H, W]`` float32 input, following ``config``.
 
-    Steps, each optional: convert to RGB (or ``L`` when ``channels`` is 1), resize with the PIL
-    filter (``exact``; ``shortest_edge`` keeping the aspect ratio; ``crop_pct`` = ConvNeXt's
+    Steps, each optional but the first: render as a person sees it, in RGB (or ``L`` when
+    ``channels`` is 1) — every mode and bit depth scaled to 8 bits by its range, transparency
+    composited onto ``background`` (white when the key is absent; ``None`` drops alpha like
+    PIL's ``convert("RGB")``) — then resize with the PIL filter (``exact``; ``shortest_edge`` keeping the aspect ratio; ``crop_pct`` = ConvNeXt's
     resize to ``int(shortest_edge / crop_pct)`` then centre crop), centre crop (zero padded if
     the crop is larger), rescale (float64 multiply, then float32), normalize (float32).
 
-    Images are always converted to the configured mode; ``convert_rgb`` records the source
+    Images are always rendered to the configured mode; ``convert_rgb`` records the source
     processor's flag, and for RGB input (the only input the slow processors accept without it)
-    the conversion is a no-op either way.
+    the rendering is a no-op either way. EXIF orientation is :func:`decode_image`'s job.
 
     Args:
-        images: PIL images or numpy arrays (as accepted by :func:`decode_image`). A single
-            image, or a 4-D array of images, is also accepted.
+        images: PIL images of any mode or numpy arrays (as accepted by :func:`decode_image`).
+            A single image, or a 4-D array of images, is also accepted.
         config: The image preprocessing section of the manifest.
 
     Returns:
         float32 array ``[B, C, H, W]``.
 
     Raises:
-        InvalidInputError: No images, an item that is not an image, a bad array, or images
-            that end up with different sizes (a recipe without resize or crop).
+        InvalidInputError: No images, an item that is not an image, a bad array, a float image
+            outside [0, 1], or images that end up with different sizes (a recipe without
+            resize or crop).
+        UnsupportedMediaError: An image mode that has no colour rendering.
         BundleError: The config is malformed.
     """
-    recipe = _recipe(config)
+    recipe = parse_image_section(config)
     if isinstance(images, Image.Image):
         images = [images]
     elif isinstance(images, np.ndarray):
@@ -261,7 +284,7 @@ def preprocess_images(
                 f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
                 hint="Decode inputs with decode_image first.",
             )
-        prepared.append(_prepare_one(item, recipe))
+        prepared.append(_prepare_one(item, recipe, f"Image #{index}"))
 
     shapes = {p.shape[:2] for p in prepared}
     if len(shapes) > 1:
