@@ -53,6 +53,30 @@ class InputPathError(UsageError):
     code = "E_PATH"
 
 
+class PathPermissionError(InputPathError):
+    """The operating system refused access to a path (EACCES, EPERM): owner, mode or policy."""
+
+    code = "E_PERMISSION"
+
+
+class ReadOnlyFilesystemError(PathPermissionError):
+    """A path to be written lies on a read-only filesystem (EROFS)."""
+
+    code = "E_READ_ONLY"
+
+
+class AddressError(UsageError):
+    """The server cannot listen on the address it was given (unknown, not local, privileged)."""
+
+    code = "E_ADDRESS"
+
+
+class AddressInUseError(AddressError):
+    """Another process already listens on the address and port (EADDRINUSE)."""
+
+    code = "E_ADDRESS_IN_USE"
+
+
 class UnsupportedModelError(UsageError):
     """The checkpoint's architecture, encoder or fusion type is not supported."""
 
@@ -155,6 +179,24 @@ class DowngradeError(ArchiveError):
 
     exit_code = EXIT_CHECK_FAILED
     code = "E_DOWNGRADE"
+
+
+class StorageError(EdgemmError):
+    """The filesystem failed an operation that was otherwise valid (I/O error, too many open files)."""
+
+    code = "E_STORAGE"
+
+
+class DiskFullError(StorageError):
+    """No space (or no inodes, or no quota) is left for a write, or too little for one to begin."""
+
+    code = "E_DISK_FULL"
+
+
+class FileSizeLimitError(StorageError):
+    """A write would exceed the largest file this process or filesystem allows (EFBIG)."""
+
+    code = "E_FILE_TOO_LARGE"
 
 
 class RuntimeFailure(EdgemmError):

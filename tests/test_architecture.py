@@ -17,10 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgemm"
 ALLOWED = {
     "errors": set(),
     "_deps": {"errors"},
-    "staging": {"errors"},
+    "fsio": {"errors"},
+    "staging": {"errors", "fsio"},
     "bundle": {"errors", "_deps"},
     "recipes": {"bundle", "errors"},
-    "runtime": {"bundle", "errors", "_deps"},
+    "runtime": {"bundle", "errors", "_deps", "fsio"},
 }
 
 

@@ -17,6 +17,7 @@ import click
 
 from edgemm import __version__
 from edgemm.errors import EdgemmError
+from edgemm.fsio import os_error
 
 # name → (module, attribute, one-line help); modules are imported only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -52,6 +53,10 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; an :class:`EdgemmError` becomes ``Error:`` / ``Hint:`` and its exit code.
 
+        An :class:`OSError` that the machine caused (:data:`edgemm.fsio.ENVIRONMENTAL`: full disk,
+        file size limit, permissions, read-only filesystem, wrong kind of path, address in use)
+        is shown the same way, as its typed error, wherever it surfaced.
+
         With ``--json``, every outcome is one JSON document on stdout: a user error's, a usage
         error's (click's own, exit 2) and a bug's (``E_INTERNAL``, exit 1; its traceback still
         goes to stderr).
@@ -70,6 +75,11 @@ class LazyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            # A full disk, a file size limit, a permission, a read-only filesystem, a port in use:
+            # the machine's fault wherever it surfaced, so never a traceback. Others are bugs.
+            mapped = os_error(exc) if isinstance(exc, OSError) else None
+            if mapped is not None:
+                raise UserFacingError(mapped, as_json=_wants_json(ctx, raw_args)) from exc
             if _wants_json(ctx, raw_args):
                 emit_json({"ok": False, "error": internal_error(exc)})
             raise

@@ -9,6 +9,7 @@ import click
 from edgemm._deps import require
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
+from edgemm.fsio import check_output_dir, os_errors
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...]:
@@ -59,6 +60,7 @@ def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: st
     model only, throughput, cold start and peak memory in fresh processes, and accuracy drift.
     """
     if out is not None:  # before the run, not after it: -o writes the plots
+        check_output_dir(out, "Report directory")
         require("matplotlib", purpose="the plots that bench -o writes")
     from edgemm.bench.bench import BenchConfig, check_budgets, run_bench
     from edgemm.bench.report import table, write_reports
@@ -72,7 +74,10 @@ def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: st
                                    peers=peer_list, checkpoint=checkpoint, threads=threads, cold_start=cold_start,
                                    cold_runs=cold_runs, accuracy=accuracy, eval_data=eval_data,
                                    max_p99_ms=max_p99_ms, cuda_graphs=cuda_graphs, telemetry=telemetry))
-    files = write_reports(report.document, out) if out else []
+    files = []
+    if out is not None:
+        with os_errors(f"write the reports to {out}", path=out):
+            files = write_reports(report.document, out)
     if as_json:
         emit_json({"ok": not report.budget_failures, **report.document, "files": [str(f) for f in files]})
     else:

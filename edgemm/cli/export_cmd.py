@@ -9,18 +9,26 @@ import click
 
 from edgemm._deps import require_all
 from edgemm.cli import emit_json, json_option
-from edgemm.errors import InputPathError, UsageError
+from edgemm.errors import UsageError
+from edgemm.fsio import check_output_dir, read_bounded
 
 log = logging.getLogger("edgemm.export")
+
+MAX_LABELS_FILE_BYTES = 2**20
 
 
 def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | None:
     if labels and labels_file:
         raise UsageError("Give --labels or --labels-file, not both.")
     if labels_file:
-        if not labels_file.is_file():
-            raise InputPathError(f"Labels file {labels_file} does not exist.")
-        items = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines()]
+        data = read_bounded(labels_file, MAX_LABELS_FILE_BYTES, "Labels file",
+                            hint="One label per line: a labels file is a few kilobytes.")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"Labels file {labels_file} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                             hint="Save it as UTF-8, one label per line.") from None
+        items = [line.strip() for line in text.splitlines()]
     elif labels:
         items = [item.strip() for item in labels.split(",")]
     else:
@@ -66,6 +74,7 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     with exit code 4 unless --allow-mismatch. Nothing is written at OUTPUT unless the bundle
     verified.
     """
+    check_output_dir(output, "Output bundle")  # before minutes of export, not after them
     # Checked before the build side is imported, which would otherwise end in a traceback.
     require_all("torch", "transformers", "onnx", "onnxscript", "safetensors", purpose="edgemm export")
     from edgemm.export.pipeline import ExportOptions, export_bundle

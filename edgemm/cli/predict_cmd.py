@@ -9,6 +9,7 @@ import click
 
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
+from edgemm.fsio import stat_input
 
 # Vectors longer than this are shown as their first and last values and their length.
 _SHOWN_VALUES = 8
@@ -35,6 +36,12 @@ def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audi
 
     if not (texts or images or audios):
         raise UsageError("Nothing to predict.", hint="Give --text, --image and/or --audio.")
+    # A directory, FIFO or device is refused before the model loads (the predictor reads each
+    # file with its byte cap; a FIFO is never opened, a sparse 2 GB file never read).
+    for path in images:
+        stat_input(path, "Image file")
+    for path in audios:
+        stat_input(path, "Audio file")
     predictor = Predictor.load(bundle, device=device, artifact=artifact, threads=threads)
     similarity = predictor.manifest.task == "image_text_similarity"
     # Files go to the predictor as paths: it reads them with its byte caps and typed errors.

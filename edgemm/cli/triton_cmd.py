@@ -8,6 +8,7 @@ import click
 
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
+from edgemm.fsio import check_output_dir
 
 
 def _sizes(value: str | None) -> tuple[int, ...] | None:
@@ -55,6 +56,7 @@ def triton(bundle: Path, out: Path, name: str | None, artifacts: tuple[str, ...]
     """
     from edgemm.triton import RepositoryOptions, write_repository
 
+    check_output_dir(out, "Model repository")
     options = RepositoryOptions(
         name=name, artifacts=artifacts, version=model_version, device=device, instances=instances,
         max_batch_size=max_batch_size, preferred_batch_sizes=_sizes(preferred_batch_sizes),

@@ -15,6 +15,7 @@ byte of them is written. The signature is checked before any bundle byte is read
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edgemm.bundle.manifest import MANIFEST_NAME, check_relative_path
+from edgemm.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, check_relative_path
 from edgemm.bundle.verify import verify_bundle
 from edgemm.deploy.keys import load_private_key, sign, verify_signature
 from edgemm.errors import ArchiveError, BundleExistsError, EdgemmError, UsageError
+from edgemm.fsio import check_output_file, open_input, read_bounded, require_free_space
+from edgemm.staging import staged_file
 
 SCHEMA = "edgemm.archive/1"
 STATEMENT = "EDGEMM-ARCHIVE.json"
@@ -164,21 +167,33 @@ def _write_member(out: BinaryIO, name: str, data_source: Path | bytes, size: int
     out.write(b"\0" * (-size % BLOCK))
 
 
+def _member_bytes(size: int) -> int:
+    """Bytes one member of ``size`` takes in the archive: header, data, padding."""
+    return BLOCK + size + (-size % BLOCK)
+
+
 def pack(bundle: Path, output: Path, *, key: Path, version: str, force: bool = False) -> Statement:
     """Verify ``bundle`` and write it as one signed archive (atomically: temp file + rename).
+
+    Nothing is left behind on failure: the archive is staged under a hidden name beside
+    ``output`` and published by one rename; a full disk is refused up front when the archive
+    cannot fit, and any filesystem fault on the way is a typed error naming ``output``.
 
     Raises:
         BundleError: The bundle does not verify (hashes included).
         UsageError / BundleExistsError: Bad version, missing key, existing output without force.
+        InputPathError: ``output`` is a directory or special file, or lies under a file.
+        DiskFullError / FileSizeLimitError / PathPermissionError: The filesystem refused.
     """
     parse_version(version)
     private_key = load_private_key(key)
+    check_output_file(output, "Archive")
+    exists = BundleExistsError(f"{output} exists.", hint="Pass --force to replace it.")
     if output.exists() and not force:
-        raise BundleExistsError(f"{output} exists.", hint="Pass --force to replace it.")
+        raise exists
     manifest = verify_bundle(bundle, check_hashes=True)
     entries = [{"path": e.path, "bytes": e.bytes, "sha256": e.sha256} for e in manifest.files]
-    manifest_path = bundle / MANIFEST_NAME
-    manifest_bytes = manifest_path.read_bytes()
+    manifest_bytes = read_bounded(bundle / MANIFEST_NAME, MAX_MANIFEST_BYTES, "Manifest")
     entries.append({"path": MANIFEST_NAME, "bytes": len(manifest_bytes),
                     "sha256": hashlib.sha256(manifest_bytes).hexdigest()})
     raw = json.dumps({"schema": SCHEMA, "name": manifest.name, "version": version,
@@ -186,23 +201,18 @@ def pack(bundle: Path, output: Path, *, key: Path, version: str, force: bool = F
                      indent=1, sort_keys=True).encode()
     statement = parse_statement(raw)
     signature = sign(private_key, raw)
+    size = (_member_bytes(len(raw)) + _member_bytes(len(signature))
+            + sum(_member_bytes(n) for _, n, _ in statement.files) + 2 * BLOCK)
+    require_free_space(output.parent, size, f"the archive {output}")
     mtime = int(time.time())
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            _write_member(out, STATEMENT, raw, len(raw), mtime)
-            _write_member(out, SIGNATURE, signature, len(signature), mtime)
-            for path, size, _ in statement.files:
-                # The manifest is the bytes read above, so what is signed is what is shipped.
-                source = manifest_bytes if path == MANIFEST_NAME else bundle / path
-                _write_member(out, PREFIX + path, source, size, mtime)
-            out.write(b"\0" * (2 * BLOCK))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_file(output, replace=force, exists_error=exists, what="Archive") as out:
+        _write_member(out, STATEMENT, raw, len(raw), mtime)
+        _write_member(out, SIGNATURE, signature, len(signature), mtime)
+        for path, size, _ in statement.files:
+            # The manifest is the bytes read above, so what is signed is what is shipped.
+            source = manifest_bytes if path == MANIFEST_NAME else bundle / path
+            _write_member(out, PREFIX + path, source, size, mtime)
+        out.write(b"\0" * (2 * BLOCK))
     return statement
 
 
@@ -224,11 +234,18 @@ def _parse_octal(field: bytes, what: str) -> int:
 
 
 class ArchiveReader:
-    """Sequential reader of the members of a ``.edgemm`` (ustar) file; regular files only."""
+    """Sequential reader of the members of a ``.edgemm`` (ustar) file; regular files only.
 
-    def __init__(self, fh: BinaryIO, *, file_size: int):
+    Args:
+        fh: The open file.
+        file_size: Its size in bytes (no member may claim more).
+        name: Its path, for messages.
+    """
+
+    def __init__(self, fh: BinaryIO, *, file_size: int, name: str | None = None):
         self.fh = fh
         self.remaining = file_size
+        self.name = name
 
     def _read_exact(self, n: int) -> bytes:
         data = self.fh.read(n)
@@ -298,18 +315,29 @@ def read_signed_statement(reader: ArchiveReader, public_key: Any) -> Statement:
     """
     first = reader.next_member()
     if first is None or first.name != STATEMENT:
-        raise ArchiveError("Not an edgemm archive: the signed statement is missing.",
+        raise ArchiveError(f"{reader.name or 'The file'} is not an edgemm archive: the signed statement is missing.",
                            hint="Create archives with: edgemm pack BUNDLE --key KEY --version V")
     raw = reader.read_small(first, MAX_STATEMENT_BYTES)
     second = reader.next_member()
     if second is None or second.name != SIGNATURE:
-        raise ArchiveError("The archive is not signed.", hint="Pack it with: edgemm pack --key KEY")
+        raise ArchiveError(f"{reader.name or 'The archive'} is not signed.", hint="Pack it with: edgemm pack --key KEY")
     signature = reader.read_small(second, 64)
     verify_signature(public_key, signature, raw)
     return parse_statement(raw)
 
 
+@contextlib.contextmanager
+def open_archive(path: Path) -> Iterator[ArchiveReader]:
+    """A reader of the archive at ``path``, opened only if ``stat`` shows a regular file.
+
+    Raises:
+        InputPathError: ``path`` is missing, a directory, FIFO, device or socket.
+    """
+    with open_input(path, "Archive") as fh:
+        yield ArchiveReader(fh, file_size=os.fstat(fh.fileno()).st_size, name=str(path))
+
+
 def inspect_archive(path: Path, public_key: Any) -> Statement:
     """Verify an archive's signature and return its statement (no extraction)."""
-    with open(path, "rb") as fh:
-        return read_signed_statement(ArchiveReader(fh, file_size=os.fstat(fh.fileno()).st_size), public_key)
+    with open_archive(path) as reader:
+        return read_signed_statement(reader, public_key)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from edgemm._deps import require
 from edgemm.errors import InputPathError, SignatureError, UsageError
+from edgemm.fsio import check_output_file, read_bounded
+from edgemm.staging import staged_file
+
+MAX_KEY_BYTES = 64 * 1024
 
 
 def _serialization() -> Any:
@@ -20,13 +23,19 @@ def _serialization() -> Any:
 def generate_keypair(private_path: Path, public_path: Path, *, force: bool = False) -> str:
     """Write a new Ed25519 key pair; returns the public key's fingerprint.
 
+    Each file is staged and published by rename (the private key is 0600 before a byte of it is
+    written); if either cannot be written, neither new file is left behind.
+
     Raises:
         UsageError: A file exists and ``force`` is not set.
+        InputPathError: A path is a directory or special file, or lies under a file.
+        DiskFullError / PathPermissionError / …: The filesystem refused.
     """
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     for path in (private_path, public_path):
+        check_output_file(path, "Key file")
         if path.exists() and not force:
             raise UsageError(f"{path} exists; refusing to overwrite a key.", hint="Choose another path or pass --force.")
     key = Ed25519PrivateKey.generate()
@@ -34,14 +43,17 @@ def generate_keypair(private_path: Path, public_path: Path, *, force: bool = Fal
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(private_path, flags, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    os.chmod(private_path, 0o600)
-    public_path.write_bytes(public_pem)
+    public_existed = public_path.exists()
+    try:
+        with staged_file(private_path, mode=0o600, replace=True, what="Private key") as private_fh:
+            private_fh.write(private_pem)
+            # Published inside the private key's block, so a failure anywhere publishes neither.
+            with staged_file(public_path, replace=True, what="Public key") as public_fh:
+                public_fh.write(public_pem)
+    except BaseException:
+        if not public_existed:  # the private key's own publication failed after the public one's
+            public_path.unlink(missing_ok=True)
+        raise
     return fingerprint(public_pem)
 
 
@@ -58,9 +70,12 @@ def _raw_public(key: Any) -> bytes:
 
 
 def _read(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise InputPathError(f"{what} {path} does not exist.", hint="Create one with: edgemm keygen --out DIR")
-    return path.read_bytes()[:64 * 1024]
+    try:
+        return read_bounded(path, MAX_KEY_BYTES, what, hint="A PEM key is a few hundred bytes: check the path.")
+    except InputPathError as exc:
+        if exc.details.get("errno") == "ENOENT":
+            exc.hint = "Create one with: edgemm keygen --out DIR"
+        raise
 
 
 def load_private_key(path: Path) -> Any:

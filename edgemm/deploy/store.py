@@ -36,6 +36,7 @@ from edgemm.deploy.archive import (
     PREFIX,
     ArchiveReader,
     Statement,
+    open_archive,
     parse_statement,
     parse_version,
     read_signed_statement,
@@ -45,11 +46,16 @@ from edgemm.errors import (
     ArchiveError,
     BundleError,
     DowngradeError,
-    EdgemmError,
-    InputPathError,
     UsageError,
 )
-from edgemm.staging import fsync_directory, staged_directory
+from edgemm.fsio import (
+    check_output_dir,
+    naming,
+    os_errors,
+    require_free_space,
+    stat_input,
+)
+from edgemm.staging import fsync_directory, missing_directories, remove_empty, staged_directory
 
 log = logging.getLogger("edgemm.deploy")
 
@@ -126,6 +132,33 @@ class DeviceStore:
     # -- writing ----------------------------------------------------------------------
 
     @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Lock the store for a change and leave it as it was found if the change fails.
+
+        Filesystem faults become typed errors naming the store (:func:`edgemm.fsio.os_errors`);
+        ``staging/`` is removed when the change ends, and a failed change also removes what it
+        created: the store directory itself, ``bundles/`` (while empty) and ``install.lock``.
+        """
+        check_output_dir(self.root, "Store")
+        created = missing_directories(self.root)
+        existed = {name: os.path.lexists(self.root / name) for name in ("bundles", "install.lock")}
+        with os_errors(action, path=self.root):
+            try:
+                with self._locked():
+                    try:
+                        yield
+                    finally:
+                        shutil.rmtree(self.root / "staging", ignore_errors=True)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    if not existed["bundles"]:
+                        (self.root / "bundles").rmdir()
+                    if not existed["install.lock"]:
+                        (self.root / "install.lock").unlink(missing_ok=True)
+                remove_empty(created)
+                raise
+
+    @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "install.lock", "a+b") as fh:
@@ -162,15 +195,14 @@ class DeviceStore:
         Raises:
             SignatureError / DowngradeError (exit 4), ArchiveError, BundleError, GoldenSetError.
         """
-        if not archive.is_file():
-            raise InputPathError(f"Archive {archive} does not exist.")
+        stat_input(archive, "Archive")
         public_key = load_public_key(trusted_key)
-        with self._locked():
+        action = f"install {archive} into the store {self.root}"
+        with self._writing(action):
             staging_root = self.root / "staging"
             shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of an interrupted install
             (self.root / "bundles").mkdir(parents=True, exist_ok=True)
-            with open(archive, "rb") as fh:
-                reader = ArchiveReader(fh, file_size=os.fstat(fh.fileno()).st_size)
+            with open_archive(archive) as reader:
                 statement = read_signed_statement(reader, public_key)
                 current = self.active()
                 self._check_version(statement, current, allow_same_version)
@@ -179,9 +211,10 @@ class DeviceStore:
                 if current is not None and current.root.name == install_id:
                     raise DowngradeError(f"Version {statement.version} is already active.")
                 final = self.root / "bundles" / install_id
-                # Staged under staging/ (cleared by the next install if this one is killed) and
-                # renamed into bundles/ only once extracted, fsynced, verified and canaried.
-                with staged_directory(final, replace=True, staging_root=staging_root) as work:
+                # Staged under staging/ (removed when this install ends, and by the next one if
+                # this one is killed) and renamed into bundles/ only once extracted, fsynced,
+                # verified and canaried.
+                with staged_directory(final, replace=True, staging_root=staging_root, action=action) as work:
                     self._extract(reader, statement, work / "bundle")
                     (work / "statement.json").write_bytes(statement.raw)
                     _checkpoint()
@@ -191,24 +224,46 @@ class DeviceStore:
                     _check_statement_matches(statement, manifest)
                     report = self._canary(work / "bundle", device) if canary else {"skipped": True}
             _checkpoint()
-            if current is not None:
-                self._switch("previous", current.root.name)
-            self._switch("active", install_id)
-            try:  # the pointer must resolve to the complete bundle (its bytes were hashed above)
-                verify_bundle(final / "bundle", check_hashes=False)
-            except EdgemmError:
-                if current is not None:  # roll back: the old bundle is still complete
-                    self._switch("active", current.root.name)
-                raise
+            self._activate(install_id, current)
             self._prune()
-            shutil.rmtree(staging_root, ignore_errors=True)
         log.info("installed %s %s (was %s)", statement.name, statement.version, current.version if current else None)
         return {"installed": statement.version, "name": statement.name, "id": install_id,
                 "previous": current.version if current else None, "canary": _canary_summary(report)}
 
+    def _activate(self, install_id: str, current: InstalledBundle | None) -> None:
+        """Switch ``previous`` and ``active`` to the new bundle; on any failure put both pointers
+        back and drop the new bundle unless a pointer still names it (the store is as it was)."""
+        before = {link: self._pointer(link) for link in ("previous", "active")}
+        try:
+            if current is not None:
+                self._switch("previous", current.root.name)
+            self._switch("active", install_id)
+            # the pointer must resolve to the complete bundle (its bytes were hashed above)
+            verify_bundle(self.root / "bundles" / install_id / "bundle", check_hashes=False)
+        except BaseException:
+            with contextlib.suppress(OSError):  # best effort: the old bundle is complete either way
+                for link, target in before.items():
+                    if self._pointer(link) != target:
+                        self._restore_pointer(link, target)
+                if install_id not in {Path(t).name for t in before.values() if t}:
+                    shutil.rmtree(self.root / "bundles" / install_id, ignore_errors=True)
+            raise
+
+    def _pointer(self, link: str) -> str | None:
+        try:
+            return os.readlink(self.root / link)
+        except OSError:
+            return None
+
+    def _restore_pointer(self, link: str, target: str | None) -> None:
+        if target is None:
+            (self.root / link).unlink(missing_ok=True)
+        else:
+            self._switch(link, Path(target).name)
+
     def rollback(self) -> dict[str, Any]:
         """Make the previous bundle active again (it stays verified and complete)."""
-        with self._locked():
+        with self._writing(f"roll back the store {self.root}"):
             current, previous = self.active(), self.previous()
             if previous is None or current is None:
                 raise UsageError("There is no previous bundle to roll back to.")
@@ -233,10 +288,9 @@ class DeviceStore:
         total = statement.total_bytes
         if total > cap:
             raise ArchiveError(f"The archive unpacks to {total} bytes; the cap is {cap}.")
-        free = shutil.disk_usage(self.root).free
-        if total * 1.1 + 64 * 2**20 > free:
-            raise ArchiveError(f"Not enough disk space: the bundle needs {total} bytes, {free} are free.",
-                               hint="Remove old files, or install on a larger disk.")
+        # Headroom so that the kiosk keeps working after the install (logs, the server's files).
+        require_free_space(self.root, total, f"bundle {statement.name} {statement.version}",
+                           headroom=total // 10 + 64 * 2**20, headroom_reason="10 % of it + 64 MiB kept free")
 
     @staticmethod
     def _extract(reader: ArchiveReader, statement: Statement, dest: Path) -> None:
@@ -260,7 +314,7 @@ class DeviceStore:
             hasher = hashlib.sha256()
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(target, flags, 0o644)
-            with os.fdopen(fd, "wb") as out:
+            with naming(target), os.fdopen(fd, "wb") as out:
                 for chunk in reader.stream(member):
                     hasher.update(chunk)
                     out.write(chunk)

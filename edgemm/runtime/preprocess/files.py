@@ -1,16 +1,18 @@
-"""Reading user-supplied input files (images, recordings) without trusting their size."""
+"""Reading user-supplied input files (images, recordings) by their size, not their promise."""
 
 from __future__ import annotations
 
 import os
 
-from edgemm.errors import InputPathError
+from edgemm.fsio import read_bounded
 
 
 def read_capped(path: str | os.PathLike[str], max_bytes: int, what: str) -> bytes:
-    """Read at most ``max_bytes + 1`` bytes of ``path``; callers refuse ``len > max_bytes``.
+    """Read ``path`` whole if it holds at most ``max_bytes`` bytes (see :func:`edgemm.fsio.read_bounded`).
 
-    One byte past the cap is read instead of trusting ``stat()``: the file may be a pipe or grow.
+    The file is ``stat``-ed first: a directory, FIFO, device or socket is refused as what it is
+    without being opened for reading, and a file over the cap (a sparse 2 GB file included) is
+    refused by its size without being read; at most ``max_bytes + 1`` bytes are ever read.
 
     Args:
         path: The file to read.
@@ -18,19 +20,11 @@ def read_capped(path: str | os.PathLike[str], max_bytes: int, what: str) -> byte
         what: What the file holds, for messages (``"Image"``, ``"Audio"``).
 
     Returns:
-        The first ``max_bytes + 1`` bytes at most.
+        The file's bytes (never more than ``max_bytes``).
 
     Raises:
-        InputPathError: The path is missing, a directory, or unreadable (``what`` names it).
+        InputTooLargeError: The file is (or grew) larger than ``max_bytes``.
+        InputPathError: The path is missing, not a regular file, or unreadable (``what`` names it).
     """
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(max_bytes + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputPathError(f"{what} file {os.fspath(path)!r} does not exist.", hint="Check the path.") from None
-    except IsADirectoryError:
-        raise InputPathError(f"{os.fspath(path)!r} is a directory, not a {what.lower()} file.",
-                             hint="Point at a file.") from None
-    except OSError as exc:
-        raise InputPathError(f"Cannot read {what.lower()} file {os.fspath(path)!r}: {exc.strerror or exc}.",
-                             hint="Check the path and its permissions.") from None
+    return read_bounded(path, max_bytes, f"{what} file",
+                        hint=f"Use a smaller or more compressed {what.lower()} file, or raise the bundle's max_bytes.")
