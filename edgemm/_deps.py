@@ -23,6 +23,7 @@ _EXTRA_FOR = {
     # kiosk server and signed archives
     "starlette": "serve",
     "uvicorn": "serve",
+    "h11": "serve",  # the HTTP/1.1 parser edgemm.serve.protocol subclasses uvicorn's protocol on
     "multipart": "serve",
     "cryptography": "serve",
     "prometheus_client": "serve",

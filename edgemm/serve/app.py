@@ -12,56 +12,52 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgemm.serve.auth import TOKEN_ENDPOINT, AccessGate, AuthMiddleware
 from edgemm.serve.batcher import MicroBatcher
+from edgemm.serve.budget import MemoryBudget
 from edgemm.serve.config import ServeConfig
+from edgemm.serve.envelope import EnvelopeMiddleware
 from edgemm.serve.host import GPU_DEVICES, ModelHost
 from edgemm.serve.httperrors import ApiError, api_error
-from edgemm.serve.inputs import decode_inputs, parse_body
+from edgemm.serve.inputs import RequestDecoder, image_limits, parse_body
 from edgemm.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgemm.serve.metrics import Metrics
 
 log = logging.getLogger("edgemm.serve")
 
-_SECURITY_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
-    "cross-origin-resource-policy": "same-origin",
-    "content-security-policy": ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-                                "style-src 'self'; script-src 'self'; connect-src 'self'; "
-                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
-}
 _STATIC = {"kiosk.js": "text/javascript; charset=utf-8", "kiosk.css": "text/css; charset=utf-8"}
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    """The JSON answer for ``error``: its status, ``{"error": {...}}`` body and headers."""
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def error_response(error: ApiError) -> Response:
+    """The JSON answer for ``error``: its status, ``{"error": {...}}`` body and headers.
+
+    (connections: the body is ASCII-escaped JSON, which no message can fail to encode; security
+    headers and metrics are added by :class:`~edgemm.serve.envelope.EnvelopeMiddleware`.)
+    """
+    return Response(error.json_bytes(), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
 
 
 class GuardMiddleware:
-    """Host allow-list and Origin check (DNS rebinding, cross-site posts), plus security headers.
+    """Host allow-list and Origin check (DNS rebinding, cross-site posts).
 
     Runs before routing, so a foreign Host never reaches a handler or the body reader.
 
     Args:
         app: The ASGI app it guards.
         config: The Host allow-list and the extra allowed origins.
-        metrics: Where refusals are counted.
     """
 
-    def __init__(self, app: ASGIApp, config: ServeConfig, metrics: Metrics):
+    def __init__(self, app: ASGIApp, config: ServeConfig):
         self.app = app
         self.allowed = config.host_allow_list
         self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}
-        self.metrics = metrics
 
     def _refusal(self, scope: Scope) -> ApiError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -83,19 +79,11 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope)
-
-        async def send_with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k.encode(), v.encode()) for k, v in _SECURITY_HEADERS.items() if k.encode() not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
+        # connections: security headers and the metrics count come from the envelope, for every answer.
         if refusal is not None:
-            self.metrics.observe_response(refusal.status, 0.0, refusal.code)
-            await error_response(refusal)(scope, receive, send_with_headers)
+            await error_response(refusal)(scope, receive, send)
             return
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send)
 
 
 def _hostname(host: str) -> str:
@@ -155,7 +143,7 @@ async def _wait_or_disconnect(request: Request, future: asyncio.Future) -> bool:
 
 
 def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = None,
-              on_fatal: Callable[[str], None] | None = None) -> Starlette:
+              on_fatal: Callable[[str], None] | None = None) -> ASGIApp:
     """The kiosk ASGI app over ``host`` (which the caller loads; see :func:`edgemm.serve.server.serve`).
 
     Args:
@@ -166,10 +154,15 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
             the failing requests are answered; it should end the process (exit status 70).
 
     Returns:
-        The Starlette app, guard middleware included.
+        The ASGI app: the Starlette app with its guards, inside the
+        :class:`~edgemm.serve.envelope.EnvelopeMiddleware` (error shape, headers, metrics).
     """
     metrics = metrics or host.metrics
+    gate = AccessGate(config)  # auth: local peers, the API token when exposed, rate limit
     batcher = MicroBatcher(host, config, metrics, on_fatal=on_fatal)
+    # memory: requests decode within one server-wide budget and their deadline
+    decoder = RequestDecoder(config, MemoryBudget(decode_budget=config.decode_budget, memory_max=config.memory_max))
+    metrics.watch("edgemm_decode_bytes_in_flight", lambda: decoder.budget.in_use)
     metrics.watch("edgemm_queue_depth", lambda: batcher.depth)
     metrics.watch("edgemm_ready", lambda: float(host.ready))
     metrics.watch("edgemm_degraded", lambda: float(bool(host.current and host.current.predictor.degraded)))
@@ -178,7 +171,9 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
+        deadline = time.monotonic() + config.deadline_s  # memory: the deadline runs from the arrival
         code: str | None = None
+        lease = None
         try:
             if not host.ready:
                 raise api_error("not_ready", f"The model is not ready: {host.not_ready_reason}",
@@ -186,8 +181,8 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
             cur = host.current
             body = await read_body(request, config.max_body_bytes)
             raw = await parse_body(body, request.headers, request.query_params)
-            decoded = await run_in_threadpool(decode_inputs, raw, cur.predictor.manifest, config)
-            job = batcher.submit(decoded)
+            decoded, lease = await decoder.decode(raw, cur.predictor.manifest, deadline)
+            job = batcher.submit(decoded, deadline=deadline, lease=lease)
             if not await _wait_or_disconnect(request, job.future):
                 job.cancelled = True
                 metrics.count_cancelled()
@@ -203,8 +198,13 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
         except ClientDisconnect:
             metrics.count_cancelled()
             return Response(status_code=499)
+        finally:
+            if lease is not None:  # memory: the batcher holds its own share while it needs the inputs
+                lease.release()
+            # memory: an error answer's traceback holds this frame, which would hold the job and so
+            # that same error: a cycle that keeps the decoded image until the next full collection.
+            job = None
         elapsed = time.perf_counter() - started
-        metrics.observe_response(response.status_code, elapsed, code)
         # Never the payload: status, code and time only.
         log.info("POST /v1/predict %d%s %.1f ms", response.status_code, f" {code}" if code else "", elapsed * 1e3)
         return response
@@ -229,7 +229,9 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
             return error_response(api_error("not_ready", f"No model is loaded: {host.not_ready_reason}"))
         m = cur.predictor.manifest
         limits = {"max_body_bytes": config.max_body_bytes, "max_text_chars": config.max_text_chars,
-                  "max_pixels": config.max_pixels, "max_audio_seconds": config.max_audio_seconds}
+                  # memory: the pixel cap in force for this bundle (sized to its preprocessing by default)
+                  "max_pixels": image_limits(m, config).max_pixels if "image" in m.modalities else config.max_pixels,
+                  "max_audio_seconds": config.max_audio_seconds}
         return JSONResponse({
             "name": m.name, "task": m.task, "labels": m.labels, "version": cur.version,
             "modalities": {k: {"required": v.required} for k, v in m.modality_specs().items()},
@@ -276,7 +278,13 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
         Route("/v1/health/ready", ready),
         Route("/v1/model", model),
         Route("/metrics", prometheus),
+        Route(TOKEN_ENDPOINT, gate.kiosk_token),  # auth: the kiosk page's token, loopback only
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-    app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
-    return app
+    # connections: /v1/predict/ is 404 not_found, not a 307 to a Location built from the Host header.
+    app.router.redirect_slashes = False
+    # auth: added first, so it runs after the Host/Origin guard.
+    app.add_middleware(AuthMiddleware, gate=gate)
+    app.add_middleware(GuardMiddleware, config=config)
+    # connections: outermost, the one error shape, security headers and the metrics count of every answer.
+    return EnvelopeMiddleware(app, metrics)

@@ -4,6 +4,11 @@ Requests wait in a bounded queue (full → 503 with Retry-After, never unbounded
 worker takes the first waiting request, gathers more for at most ``max_delay_ms`` or until
 ``max_batch``, drops those whose client went away or whose deadline passed, and runs the rest
 as one model call on a single inference thread (ONNX Runtime parallelises inside the call).
+
+The deadline runs from the request's arrival (reading, waiting for decode memory and decoding
+count too): when it passes, the request is answered ``deadline_exceeded`` at once, wherever it
+is — never a late 200. A request's memory lease (:mod:`edgemm.serve.budget`) is held until the
+batcher is done with its inputs.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Any
 from edgemm.errors import EdgemmError, RuntimeFailure
 from edgemm.runtime.postprocess import Prediction
 from edgemm.runtime.predictor import Predictor
+from edgemm.serve.budget import Lease
 from edgemm.serve.config import ServeConfig
 from edgemm.serve.host import ModelHost, poisons_gpu
 from edgemm.serve.httperrors import ApiError, api_error, from_edgemm
-from edgemm.serve.inputs import DecodedInputs
+from edgemm.serve.inputs import DecodedInputs, deadline_exceeded
 from edgemm.serve.metrics import Metrics
 
 log = logging.getLogger("edgemm.serve")
@@ -38,6 +44,8 @@ class Job:
         future: Resolved with its :class:`Prediction`, or failed with an :class:`ApiError`.
         cancelled: The client went away; the job is dropped before its model call.
         batch_size / artifact: The model call that answered it (reported to the client).
+        lease: Its hold on the memory budget, released once the batcher is done with ``inputs``.
+        started: Its model call has begun (its inputs are in use until the call returns).
     """
 
     inputs: DecodedInputs
@@ -46,6 +54,19 @@ class Job:
     cancelled: bool = False
     batch_size: int = 0
     artifact: str = ""
+    lease: Lease | None = field(default=None, repr=False)
+    started: bool = False
+    _expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def finish(self) -> None:
+        """The batcher is done with this job: drop its inputs and its hold on the budget (idempotent)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        self.inputs = DecodedInputs()
 
     @property
     def batchable(self) -> bool:
@@ -93,26 +114,48 @@ class MicroBatcher:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, inputs: DecodedInputs) -> Job:
+    def submit(self, inputs: DecodedInputs, *, deadline: float | None = None, lease: Lease | None = None) -> Job:
         """Queue one request.
 
         Args:
             inputs: The decoded, checked request.
+            deadline: ``time.monotonic()`` by which it must be answered (default: ``deadline_s``
+                from now); at that moment ``job.future`` fails with ``deadline_exceeded``.
+            lease: The request's hold on the memory budget; the batcher adds itself as a holder
+                and releases it once it no longer needs ``inputs``.
 
         Returns:
             Its job; await ``job.future`` for the answer.
 
         Raises:
-            ApiError: ``overloaded`` (503 + Retry-After) when the queue is full.
+            ApiError: ``overloaded`` (503 + Retry-After) when the queue is full,
+                ``deadline_exceeded`` when the deadline has already passed.
         """
         loop = asyncio.get_running_loop()
-        job = Job(inputs, time.monotonic() + self.config.deadline_s, loop.create_future())
+        deadline = time.monotonic() + self.config.deadline_s if deadline is None else deadline
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise deadline_exceeded(self.config.deadline_s, "before it was queued")
+        job = Job(inputs, deadline, loop.create_future())
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise api_error("overloaded", f"The kiosk is busy ({self.config.max_queue} requests waiting).",
                             hint="Try again in a moment.", headers={"Retry-After": "1"}) from None
+        if lease is not None:
+            lease.add_holder()
+            job.lease = lease
+        job._expiry = loop.call_later(remaining, self._expire, job)
         return job
+
+    def _expire(self, job: Job) -> None:
+        """The job's deadline passed: answer it now; free its inputs unless its model call is running."""
+        job._expiry = None
+        if not job.future.done():
+            job.future.set_exception(deadline_exceeded(
+                self.config.deadline_s, "in the model's queue" if not job.started else "while the model ran"))
+        if not job.started:
+            job.finish()
 
     async def _gather(self) -> list[Job]:
         jobs = [await self.queue.get()]
@@ -132,51 +175,68 @@ class MicroBatcher:
                 break
         return jobs
 
+    def _wanted(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still waiting for their answer; the rest are finished (the expired ones answered)."""
+        now = time.monotonic()
+        wanted: list[Job] = []
+        for job in jobs:
+            if not (job.cancelled or job.future.done()) and now > job.deadline:
+                job.future.set_exception(deadline_exceeded(self.config.deadline_s, "in the model's queue"))
+            if job.cancelled or job.future.done():
+                job.finish()
+            else:
+                wanted.append(job)
+        return wanted
+
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._gather()
-            now = time.monotonic()
-            live: list[Job] = []
-            for job in jobs:
-                if job.cancelled or job.future.done():
-                    continue
-                if now > job.deadline:
-                    job.future.set_exception(api_error(
-                        "deadline_exceeded", f"The request waited longer than {self.config.deadline_s:g} s.",
-                        hint="The kiosk is overloaded; try again.", headers={"Retry-After": "1"}))
-                    continue
-                live.append(job)
-            if not live:
+            # One call per batch: no reference to a finished batch outlives it (a job's answered
+            # exception carries the request handler's frame, and with it the decoded inputs).
+            await self._serve(await self._gather())
+
+    async def _serve(self, jobs: list[Job]) -> None:
+        """Run the jobs still waiting as few model calls as they allow, and answer each of them."""
+        loop = asyncio.get_running_loop()
+        live = self._wanted(jobs)
+        groups = [[j for j in live if j.batchable]] + [[j] for j in live if not j.batchable]
+        for group in groups:
+            group = self._wanted(group)  # a deadline may pass while an earlier group runs
+            if not group:
                 continue
-            groups = [[j for j in live if j.batchable]] + [[j] for j in live if not j.batchable]
-            for group in (g for g in groups if g):
-                cur = self.host.current
-                if cur is None or self.fatal is not None:
-                    for job in group:
+            cur = self.host.current
+            if cur is None or self.fatal is not None:
+                for job in group:
+                    if not job.future.done():
                         job.future.set_exception(api_error(
                             "not_ready", "No model is loaded." if cur is None else f"The model stopped: {self.fatal}",
                             headers={"Retry-After": "5"}))
+                    job.finish()
+                continue
+            for job in group:
+                job.started = True
+            self.in_flight += len(group)
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, cur.predictor, group)
+            finally:
+                self.in_flight -= len(group)
+            self.metrics.observe_batch(len(group))
+            now = time.monotonic()
+            for job, result in zip(group, results):
+                job.batch_size, job.artifact = len(group), cur.predictor.artifact.name
+                job.finish()
+                if job.future.done():  # its deadline passed during the call: answered already
                     continue
-                self.in_flight += len(group)
-                try:
-                    results = await loop.run_in_executor(self._executor, self._run, cur.predictor, group)
-                finally:
-                    self.in_flight -= len(group)
-                self.metrics.observe_batch(len(group))
-                for job, result in zip(group, results):
-                    job.batch_size, job.artifact = len(group), cur.predictor.artifact.name
-                    if job.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        job.future.set_exception(result)
-                    else:
-                        job.future.set_result(result)
-                if self.fatal is not None:
-                    # Only now, with this batch's 500s on their way, may the server begin to exit.
-                    self.host.withdraw(self.fatal)
-                    if self.on_fatal is not None:
-                        self.on_fatal(self.fatal)
+                if now > job.deadline:  # (its timer had no chance to run yet)
+                    job.future.set_exception(deadline_exceeded(self.config.deadline_s, "while the model ran"))
+                elif isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+            if self.fatal is not None:
+                # Only now, with this batch's 500s on their way, may the server begin to exit.
+                self.host.withdraw(self.fatal)
+                if self.on_fatal is not None:
+                    self.on_fatal(self.fatal)
 
     def _run(self, predictor: Predictor, jobs: list[Job]) -> list[Prediction | ApiError]:
         """One model call for ``jobs``; on a failure, retry one by one to isolate the request at fault.

@@ -14,10 +14,13 @@ checks) happens here, per request, so that one bad input never fails a micro-bat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +30,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from edgemm.bundle.manifest import Manifest
 from edgemm.errors import EdgemmError
 from edgemm.runtime.preprocess.audio import load_audio
-from edgemm.runtime.preprocess.image import DEFAULT_FORMATS, DEFAULT_MAX_BYTES, decode_image
+from edgemm.runtime.preprocess.image import DEFAULT_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from edgemm.runtime.preprocess.image.decode import PendingImage, image_bytes, open_image
+from edgemm.runtime.preprocess.image.transforms import ImageRecipe, parse_image_section
 from edgemm.runtime.preprocess.text import check_text
+from edgemm.runtime.sessions import default_threads
+from edgemm.serve.budget import Lease, MemoryBudget
 from edgemm.serve.config import ServeConfig
-from edgemm.serve.httperrors import api_error, from_edgemm
+from edgemm.serve.httperrors import ApiError, api_error, from_edgemm
 
 MAX_JSON_DEPTH = 4
 MODALITIES = ("text", "image", "audio")
@@ -117,6 +124,8 @@ def _from_json(body: bytes) -> RawInputs:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise api_error("invalid_json", f"The body is not valid JSON ({type(exc).__name__}).") from None
+    except ValueError:  # connections: an integer of over 4,300 digits (Python's int conversion limit)
+        raise api_error("invalid_json", "The body has a number too long to read.") from None
     if not isinstance(doc, dict):
         raise api_error("invalid_request", "The JSON body must be an object.",
                         hint='Send {"text": ..., "image": <base64>, "audio": <base64>}.')
@@ -225,20 +234,111 @@ async def parse_body(body: bytes, headers: Headers, query: Mapping[str, str]) ->
     return raw
 
 
-def decode_inputs(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> DecodedInputs:
-    """Decode and check one request against the bundle's and the server's caps (CPU-bound).
+# -- memory: decoding within the memory budget and the request's deadline (edgemm.serve.budget) --
+
+# The pixel cap when --max-pixels is not given: a generous multiple of the pixels the bundle's
+# preprocessing resizes to, and never below a 16 MP camera (4608x3456; phones take 12 MP,
+# 4032x3024); the bundle's own cap applies too.
+PIXEL_CAP_MULTIPLE = 256
+PIXEL_CAP_FLOOR = 16_000_000
+# A decoded image is rendered once more at full size (transparency composited onto the
+# bundle's background) before its resize on the inference thread: a request holds twice its image.
+_PREPROCESS_COPIES = 2
+# Decoding a WAV holds the payload's copy, float32 samples, a float64 mix of the channels and the
+# float32 result: at most 16 bytes per payload byte (an 8-bit file has one sample per byte).
+_AUDIO_BYTES_PER_BYTE = 16
+
+
+def deadline_exceeded(seconds: float, stage: str) -> ApiError:
+    """The 503 for a request not answered within its deadline (which runs from its arrival).
 
     Args:
-        raw: The request's raw parts.
-        manifest: The serving bundle's manifest (modalities, preprocessing caps and formats).
-        config: The server's own caps (the tighter of the two wins).
+        seconds: The server's deadline (``--deadline``).
+        stage: Where the request was when the deadline passed, e.g. ``"while it was decoded"``.
+    """
+    return api_error("deadline_exceeded", f"The request was not answered within its deadline of {seconds:g} s "
+                     f"({stage}).", hint="The kiosk is busy; try again in a moment.", headers={"Retry-After": "1"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How the server decodes a bundle's images.
+
+    Attributes:
+        max_pixels: The pixel cap (``--max-pixels``, else sized to the preprocessing; the
+            bundle's own cap applies too).
+        max_bytes: The payload cap (the body cap and the bundle's ``max_bytes``).
+        formats: The formats the bundle accepts.
+        reduce_to: The ``(width, height)`` the preprocessing resizes to (images may be reduced
+            while decoding to a margin above it), or ``None`` where it does not resize.
+    """
+
+    max_pixels: int
+    max_bytes: int
+    formats: tuple[str, ...]
+    reduce_to: tuple[int, int] | None
+
+
+def _resize_target(recipe: ImageRecipe) -> tuple[int, int] | None:
+    """The smallest ``(width, height)`` the preprocessing's resize needs, or ``None`` without one."""
+    resize = recipe.resize
+    if resize is None:
+        return None
+    if resize["mode"] == "exact":
+        return int(resize["width"]), int(resize["height"])
+    edge = int(resize["shortest_edge"])
+    if resize["mode"] == "crop_pct":
+        edge = int(edge / float(resize["crop_pct"]))
+    return edge, edge  # the short side becomes ``edge``: both sides need at least that
+
+
+def image_limits(manifest: Manifest, config: ServeConfig) -> ImageLimits:
+    """How images for ``manifest``'s bundle are decoded by this server.
+
+    Args:
+        manifest: The serving bundle's manifest (it takes images).
+        config: The server's caps.
 
     Returns:
-        The decoded inputs, ready to join a batch.
+        The caps, formats and reduction target.
 
     Raises:
-        ApiError: Invalid UTF-8, unknown or missing modality, over a cap, unsupported media.
+        BundleError: The image preprocessing section is malformed (the bundle was checked at load).
     """
+    section = manifest.preprocessing["image"]
+    bundle_cap = int(section.get("max_pixels", DEFAULT_MAX_PIXELS))
+    recipe = parse_image_section(section)
+    target = _resize_target(recipe)
+    if config.max_pixels is not None:
+        cap = config.max_pixels
+    else:
+        needed = target or (recipe.center_crop[::-1] if recipe.center_crop else None)
+        cap = PIXEL_CAP_FLOOR if needed is None else max(PIXEL_CAP_FLOOR, PIXEL_CAP_MULTIPLE * needed[0] * needed[1])
+    return ImageLimits(max_pixels=min(cap, bundle_cap),
+                       max_bytes=min(config.max_body_bytes, int(section.get("max_bytes", DEFAULT_MAX_BYTES))),
+                       formats=tuple(section.get("formats", DEFAULT_FORMATS)), reduce_to=target)
+
+
+def _checked_text(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> str | list[str] | None:
+    if raw.text is None:
+        return None
+    text = raw.text
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise api_error("invalid_utf8", f"Text is not valid UTF-8 (byte {exc.start}).",
+                            hint="Send text encoded as UTF-8.") from None
+    cap = min(config.max_text_chars, int(manifest.preprocessing.get("text", {}).get("max_chars", config.max_text_chars)))
+    if isinstance(text, list):
+        if manifest.task != "image_text_similarity":
+            raise api_error("invalid_request", "Only image–text similarity models take a list of texts.")
+        return [check_text(t, max_chars=cap) for t in text]
+    return check_text(text, max_chars=cap)
+
+
+def _prepare(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> tuple[DecodedInputs, PendingImage | None]:
+    """The cheap checks (modalities, text, the image's header), before any memory is committed."""
     modalities = manifest.modalities
     unknown = [m for m in raw.given() if m not in modalities]
     if unknown:
@@ -247,34 +347,133 @@ def decode_inputs(raw: RawInputs, manifest: Manifest, config: ServeConfig) -> De
     missing = [m for m in manifest.required_modalities() if getattr(raw, m) is None]
     if missing:
         raise api_error("missing_modality", f"This model needs {', '.join(missing)} with every request.")
-    prep = manifest.preprocessing
-    out = DecodedInputs()
     try:
-        if raw.text is not None:
-            if isinstance(raw.text, bytes):
-                try:
-                    raw.text = raw.text.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise api_error("invalid_utf8", f"Text is not valid UTF-8 (byte {exc.start}).",
-                                    hint="Send text encoded as UTF-8.") from None
-            cap = min(config.max_text_chars, int(prep.get("text", {}).get("max_chars", config.max_text_chars)))
-            if isinstance(raw.text, list):
-                if manifest.task != "image_text_similarity":
-                    raise api_error("invalid_request", "Only image–text similarity models take a list of texts.")
-                out.text = [check_text(t, max_chars=cap) for t in raw.text]
-            else:
-                out.text = check_text(raw.text, max_chars=cap)
+        out = DecodedInputs(text=_checked_text(raw, manifest, config))
+        pending = None
         if raw.image is not None:
-            cfg = prep["image"]
-            out.image = decode_image(raw.image,
-                                     max_pixels=min(config.max_pixels, int(cfg.get("max_pixels", config.max_pixels))),
-                                     formats=cfg.get("formats", DEFAULT_FORMATS),
-                                     max_bytes=min(config.max_body_bytes, int(cfg.get("max_bytes", DEFAULT_MAX_BYTES))))
+            limits = image_limits(manifest, config)
+            pending = open_image(raw.image, max_pixels=limits.max_pixels, formats=limits.formats,
+                                 max_bytes=limits.max_bytes, reduce_to=limits.reduce_to)
+    except EdgemmError as exc:
+        raise from_edgemm(exc) from None
+    return out, pending
+
+
+def _decode(out: DecodedInputs, pending: PendingImage | None, raw: RawInputs, manifest: Manifest,
+            config: ServeConfig) -> DecodedInputs:
+    """The expensive part: the image's pixels and the recording's samples (CPU-bound)."""
+    try:
+        if pending is not None:
+            out.image = pending.decode()
         if raw.audio is not None:
-            cfg = prep["audio"]
+            cfg = manifest.preprocessing["audio"]
             rate = int(cfg["sampling_rate"])
-            seconds = min(config.max_audio_seconds, float(cfg.get("max_seconds") or config.max_audio_seconds))
-            out.audio = (load_audio(raw.audio, target_rate=rate, max_seconds=seconds), rate)
+            out.audio = (load_audio(raw.audio, target_rate=rate, max_seconds=_audio_seconds(manifest, config)), rate)
     except EdgemmError as exc:
         raise from_edgemm(exc) from None
     return out
+
+
+def _audio_seconds(manifest: Manifest, config: ServeConfig) -> float:
+    return min(config.max_audio_seconds,
+               float(manifest.preprocessing["audio"].get("max_seconds") or config.max_audio_seconds))
+
+
+def _before(deadline: float, seconds: float, stage: str, work: Callable[..., Any]) -> Callable[..., Any]:
+    """``work``, unless the deadline passed while it waited for a thread."""
+
+    def run(*args: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise deadline_exceeded(seconds, stage)
+        return work(*args)
+
+    return run
+
+
+class RequestDecoder:
+    """Decodes requests off the event loop, each within the memory budget and its deadline.
+
+    A request's modalities, text and image header are checked first; then the decode's
+    worst-case memory is acquired from the budget (waiting behind earlier requests, up to the
+    deadline); then it is decoded on a decode thread, and the lease shrinks to what the decoded
+    inputs keep. The deadline runs from the request's arrival: a request still waiting or
+    decoding when it passes gets ``deadline_exceeded`` at once, and whatever memory a decode in
+    progress holds goes back to the budget when it ends.
+
+    Args:
+        config: The server's caps and deadline.
+        budget: The server-wide memory budget.
+    """
+
+    def __init__(self, config: ServeConfig, budget: MemoryBudget):
+        self.config = config
+        self.budget = budget
+        # As many decodes at once as the cores this process may use (at most 4, as for inference:
+        # the kiosk's UI needs some); the budget bounds their memory.
+        self._pool = concurrent.futures.ThreadPoolExecutor(default_threads(), thread_name_prefix="edgemm-decode")
+
+    async def decode(self, raw: RawInputs, manifest: Manifest, deadline: float) -> tuple[DecodedInputs, Lease]:
+        """Check, admit and decode one request.
+
+        Args:
+            raw: The request's raw parts.
+            manifest: The serving bundle's manifest (modalities, preprocessing caps and formats).
+            deadline: ``time.monotonic()`` by which the request must be answered.
+
+        Returns:
+            The decoded inputs and their lease on the budget; the caller releases the lease once
+            its answer is sent (the batcher holds it too while the request is queued).
+
+        Raises:
+            ApiError: Invalid UTF-8, unknown or missing modality, over a cap, unsupported media,
+                ``overloaded`` (the decode needs more than the whole budget) or
+                ``deadline_exceeded``.
+        """
+        seconds = self.config.deadline_s
+        out, pending = await self._in_thread(deadline, "while its inputs were checked",
+                                             _prepare, raw, manifest, self.config)
+        cost = 0 if pending is None else pending.working_bytes
+        if raw.audio is not None:
+            cfg = manifest.preprocessing["audio"]
+            cost += len(raw.audio) * _AUDIO_BYTES_PER_BYTE + int(8 * _audio_seconds(manifest, self.config)
+                                                                 * int(cfg["sampling_rate"]))
+        try:
+            lease = await self.budget.acquire(cost, deadline)
+        except asyncio.TimeoutError:
+            raise deadline_exceeded(seconds, "waiting for memory to decode it") from None
+        decoded = await self._in_thread(deadline, "while it was decoded", _decode, out, pending, raw, manifest,
+                                        self.config, lease=lease)
+        kept = 0 if decoded.image is None else _PREPROCESS_COPIES * image_bytes(decoded.image)
+        lease.shrink(kept + (0 if decoded.audio is None else int(decoded.audio[0].nbytes)))
+        return decoded, lease
+
+    async def _in_thread(self, deadline: float, stage: str, work: Callable[..., Any], *args: Any,
+                         lease: Lease | None = None) -> Any:
+        """Run ``work(*args)`` on a decode thread until the deadline.
+
+        ``lease`` (held for the work's memory) is released if the work fails, or, when the
+        deadline passes or the request is cancelled first, once the work has ended.
+        """
+        seconds = self.config.deadline_s
+        job = self._pool.submit(_before(deadline, seconds, stage, work), *args)
+        future = asyncio.wrap_future(job)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            _abandon(job, future, lease)
+            raise deadline_exceeded(seconds, stage) from None
+        except BaseException:  # the work failed, or the request was cancelled
+            _abandon(job, future, lease)
+            raise
+
+
+def _abandon(job: concurrent.futures.Future, future: asyncio.Future, lease: Lease | None) -> None:
+    """Nobody waits for ``job`` any more: cancel it if it has not started, and release ``lease``
+    now if it is finished or never started, else on the event loop once it finishes."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())  # a late failure is nobody's
+    if job.cancel() or lease is None:
+        if lease is not None:
+            lease.release()
+        return
+    loop = asyncio.get_running_loop()
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(lease.release))

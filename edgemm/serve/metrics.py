@@ -30,6 +30,10 @@ GAUGES = {
     "edgemm_ready": "1 once the model passed its known-answer canary and serves, else 0.",
     "edgemm_degraded": "1 when the model runs below what was asked for (e.g. CUDA fell back to the CPU).",
     "edgemm_on_gpu": "1 when the model runs on a GPU (ONNX Runtime CUDA or TensorRT).",
+    # integrity: the served bundle's files changed on disk (the reason is in /v1/health/ready).
+    "edgemm_integrity_failed": "1 while serving is stopped because the bundle's files failed re-verification.",
+    # memory: what requests hold of the decode budget (edgemm.serve.budget).
+    "edgemm_decode_bytes_in_flight": "Bytes of the decode budget held by requests being decoded or waiting for the model.",
 }
 
 
@@ -55,7 +59,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._responses = Counter("edgemm_requests", "Responses to /v1/predict and to refused requests, by HTTP status.",
+        self._responses = Counter("edgemm_requests", "Responses to /v1/predict, and every error response, by HTTP status.",
                                   ["status"], registry=r)
         self._errors = Counter("edgemm_errors", "Error responses by stable error code.", ["code"], registry=r)
         self._latency = Histogram("edgemm_request_duration_seconds", "Time from request start to response.",
@@ -64,6 +68,8 @@ class Metrics:
                                       buckets=BATCH_BUCKETS, registry=r)
         self._cancelled = Counter("edgemm_cancelled", "Requests dropped because the client went away.", registry=r)
         self._reloads = Counter("edgemm_reloads", "Bundle swaps by result.", ["result"], registry=r)
+        self._integrity = Counter("edgemm_integrity_checks", "Re-verifications of the served bundle's files, by result.",
+                                  ["result"], registry=r)
         self._gauges = {name: Gauge(name, doc, registry=r) for name, doc in GAUGES.items()}
         self._model = _ModelInfo()
         r.register(self._model)
@@ -90,8 +96,12 @@ class Metrics:
         self._cancelled.inc()
 
     def count_reload(self, result: str) -> None:
-        """Count a bundle swap by ``result`` (``ok`` or ``failed``)."""
+        """Count a bundle swap by ``result`` (``ok``, ``failed``, or ``rollback`` after a failed re-verification)."""
         self._reloads.labels(result).inc()
+
+    def count_integrity_check(self, result: str) -> None:
+        """Count a re-verification of the served bundle's files by ``result`` (``ok`` or ``failed``)."""
+        self._integrity.labels(result).inc()
 
     def watch(self, name: str, read: Callable[[], float]) -> None:
         """Read gauge ``name`` from ``read()`` whenever metrics are scraped.

@@ -29,9 +29,15 @@ FATAL_EXIT_DEADLINE_S = 2 * GRACEFUL_SHUTDOWN_S
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:  # port in use, not our address, privileged port: the user's to fix
+        from edgemm.fsio import bind_error
+
+        sock.close()
+        raise (bind_error(exc, host, port) or exc) from None
     sock.set_inheritable(True)
     return sock
 
@@ -84,6 +90,7 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
 
     Raises:
         MissingDependencyError: The ``serve`` extra is not installed.
+        UsageError: (connections) ``max_connections`` does not fit under the open-file limit.
         OSError: The address cannot be bound (in use, or not this machine's).
     """
     require_all("uvicorn", "starlette", "multipart", "prometheus_client", extra="serve", purpose="edgemm serve")
@@ -91,8 +98,10 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
     import uvicorn
 
     from edgemm.serve.app import build_app
+    from edgemm.serve.budget import bound_allocator
     from edgemm.serve.host import ModelHost
     from edgemm.serve.metrics import Metrics
+    from edgemm.serve.protocol import ConnectionGuard, connection_limits, uvicorn_options
 
     if config.host not in LOOPBACK_HOSTS:
         print(f"WARNING: edgemm serve is listening on {config.host}: other machines can reach the API. "
@@ -100,7 +109,15 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
     # This process is the server's own: its scrapes carry no ``*_created`` series (one per
     # counter and histogram child, which a kiosk's monitoring has no use for).
     prometheus_client.disable_created_metrics()
+    # memory: freed image buffers go back to the system (before the server's threads exist).
+    bound_allocator()
     metrics = Metrics()
+    # connections: the caps come from the open-file limit; a --max-connections over it is refused before binding.
+    guard = ConnectionGuard(connection_limits(config), metrics)
+    log.info("connections: at most %d open (%d per client, %d requests in flight per client); "
+             "headers within %g s, bodies without a pause of %g s", guard.limits.max_connections,
+             guard.limits.max_client_connections, guard.limits.max_client_requests,
+             guard.limits.header_timeout_s, guard.limits.body_timeout_s)
     host = ModelHost(config, metrics)
     fatal = FatalExit()
     app = build_app(config, host, metrics, on_fatal=fatal)
@@ -112,11 +129,21 @@ def serve(config: ServeConfig, *, port_file: Path | None = None) -> None:
         os.replace(tmp, port_file)
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"edgemm serve: listening on http://{shown}:{port}/", file=sys.stderr, flush=True)
+    if config.expose:  # auth: where the token is, never the token itself (logs end up in journald)
+        from edgemm.serve.auth import token_path
+
+        print(f"edgemm serve: the API needs 'Authorization: Bearer <token>'; the token is in {token_path(config)}",
+              file=sys.stderr, flush=True)
     threading.Thread(target=host.load_initial, name="edgemm-initial-load", daemon=True).start()
+    # integrity: SIGHUP looks for a new store bundle and re-verifies the served files at once;
+    # the checker thread also re-verifies them every --verify-interval seconds.
+    host.start_checker()
     if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=host.check_for_update, daemon=True).start())
+        signal.signal(signal.SIGHUP, lambda *_: host.request_check())
+    # connections: our h11 protocol (pinned), its backlog and header size, the TCP peer as the client.
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False))
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
+                                           **uvicorn_options(guard)))
     fatal.server = server
     server.run(sockets=[sock])
     fatal.exit_if_fatal()

@@ -33,6 +33,7 @@ from edgemm.runtime.preprocess.image import (
     image_preprocessing_from_hf,
     preprocess_images,
 )
+from edgemm.runtime.preprocess.image.decode import open_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -640,3 +641,101 @@ def test_module_stays_torch_free():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- reduce while decoding (what edgemm serve asks for) -----------------------------------------
+
+
+def _real_photos(sample_dir: Path) -> dict[str, bytes]:
+    """Real JPEG photos that ship with installed packages, and the same pixels as PNG."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    photos = {"hopper": (sample_dir / "grace_hopper.jpg").read_bytes()}
+    for name in ("china.jpg", "flower.jpg"):
+        photos[name.split(".")[0]] = (Path(datasets.__file__).parent / "images" / name).read_bytes()
+    for name, jpeg in list(photos.items()):
+        with Image.open(io.BytesIO(jpeg)) as image:
+            photos[name + ".png"] = _encode(image, "PNG")
+    return photos
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
+def test_reduce_while_decoding_stays_close_to_a_full_decode(sample_dir: Path, resample: str):
+    # The margin kept above the resize target bounds the difference to a full decode (see
+    # REDUCE_MARGIN: at most 6/255 on 17 real photos of up to 17.9 MP); checked again here on
+    # the real photos the test environment has.
+    reduced_any = False
+    for size in (32, 64):
+        section = default_image_preprocessing(size=size, mean=0.0, std=1.0, resample=resample)
+        for name, data in _real_photos(sample_dir).items():
+            full = decode_image(data)
+            reduced = decode_image(data, reduce_to=(size, size))
+            assert min(reduced.size) >= 3 * size and full.width % reduced.width == 0, name
+            reduced_any |= reduced.size != full.size
+            diff = np.abs(preprocess_images([reduced], section) - preprocess_images([full], section)) * 255
+            assert diff.max() <= 6.5 and diff.mean() <= 0.5, (name, size, diff.max(), diff.mean())
+    assert reduced_any
+
+
+def test_reduction_divides_both_sides_and_spares_alpha_and_odd_sizes():
+    photo = Image.fromarray(synthesize_image(900, 1200, seed=5))
+    png, jpeg = _encode(photo, "PNG"), _encode(photo, "JPEG", quality=90)
+    # Image.reduce by the largest factor dividing 1200 and 900 that keeps 3 x 32 on each side.
+    assert decode_image(png, reduce_to=(32, 32)).size == (200, 150)
+    # JPEG: DCT scaling to 1/4 (1/8 does not divide 900), no further factor divides 300 x 225.
+    assert decode_image(jpeg, reduce_to=(32, 32)).size == (300, 225)
+    assert decode_image(png, reduce_to=(400, 300)).size == (1200, 900)  # no room above the margin
+    assert decode_image(png).size == (1200, 900)  # nothing asked, nothing reduced
+    odd = _encode(photo.crop((0, 0, 1201, 899)), "PNG")  # 1201 is prime: no factor divides it
+    assert decode_image(odd, reduce_to=(32, 32)).size == (1201, 899)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    assert decode_image(_encode(rgba, "PNG"), reduce_to=(32, 32)).size == (1200, 900)
+
+
+def test_reduction_is_planned_in_the_upright_orientation():
+    pixels = np.zeros((800, 1200, 3), np.uint8)
+    pixels[:100, :100] = (255, 0, 0)  # red block top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": upright it is 800 wide, 1200 tall
+    jpeg = _encode(Image.fromarray(pixels), "JPEG", exif=exif, quality=95)
+    # Upright, 40 x 100 needs 120 x 300 with the margin: 1/4 scale (200 x 300), not 1/2.
+    decoded = decode_image(jpeg, reduce_to=(40, 100))
+    assert decoded.size == (200, 300)
+    shown = np.asarray(decoded).astype(int)
+    assert shown[:20, -20:, 0].mean() > 200 and shown[:20, :20, 0].mean() < 50  # turned, as without
+
+
+def test_golden_and_training_sizes_decode_exactly_as_before():
+    # Golden sets hold 64 x 48 images, digit-match scans are 8 x 8 scaled to the model's size:
+    # all are under the margin above a 32 x 32 input, so serving decodes them pixel for pixel.
+    images = [synthesize_image(48, 64, seed=70), synthesize_image(32, 32, seed=1),
+              np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8), np.ones((4, 4), np.uint8))]
+    for pixels in images:
+        for fmt in ("PNG", "JPEG", "WEBP"):
+            data = _encode(Image.fromarray(pixels), fmt)
+            np.testing.assert_array_equal(np.asarray(decode_image(data, reduce_to=(32, 32))),
+                                          np.asarray(decode_image(data)))
+
+
+def test_decode_memory_is_known_before_decoding(load_spy: list[str | None]):
+    photo = Image.fromarray(synthesize_image(250, 250, seed=2)).resize((2000, 2000))
+    jpeg = _encode(photo, "JPEG", quality=85)
+    # The whole bitmap and one 8-bit copy (a conversion, the EXIF turn or the detached result).
+    assert open_image(jpeg).working_bytes >= 2000 * 2000 * 8
+    # DCT-scaled to 1/8 while decoding: the full bitmap never exists.
+    assert open_image(jpeg, reduce_to=(32, 32)).working_bytes < 2 * 2**20
+    # libwebp's own canvas and Pillow's copy of it: 16 bytes a pixel for a few hundred bytes.
+    tiny_webp = _encode(Image.new("RGBA", (2000, 2000), (1, 2, 3, 4)), "WEBP", lossless=True)
+    assert len(tiny_webp) < 1000 and open_image(tiny_webp).working_bytes >= 2000 * 2000 * 16
+    grey = _encode(photo.convert("L"), "PNG")
+    assert 2000 * 2000 * 2 <= open_image(grey).working_bytes < 2000 * 2000 * 3
+    assert load_spy == []  # none of that decoded a pixel
+
+    pending = open_image(grey, reduce_to=(32, 32))
+    assert pending.format == "PNG" and pending.decode().size == (100, 100)
+    with pytest.raises(RuntimeError):
+        pending.decode()
+    with pytest.raises(InputTooLargeError, match="8000x8000"):
+        open_image(_zero_png(8000, 8000), reduce_to=(32, 32))
+    with pytest.raises(UsageError):
+        open_image(grey, reduce_to=(0, 32))

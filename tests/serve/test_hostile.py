@@ -1,5 +1,7 @@
 """A corpus of >= 100 hostile requests, each answered with its expected status and stable code,
-after which the server is still ready and has sent no 5xx."""
+after which the server is still ready and has sent no 5xx; plus what only a raw socket sends
+(malformed HTTP, answered by the HTTP layer in the same JSON shape) and slow or greedy clients
+(cut off by the shipped read timeouts and per-client caps), each answered while the server stays ready."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import base64
 import io
 import json
 import re
-import socket
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from PIL import Image
 
 from benchmarks.serve_load import multipart
 from edgemm.runtime.preprocess.audio import encode_wav
-from tests.serve.conftest import png_bytes, wav_bytes
+from tests.serve.conftest import assert_one_shape, png_bytes, raw_connection, read_answer, wav_bytes
 
 GOOD_PNG = png_bytes()
 GOOD_WAV = wav_bytes(0.5)
@@ -193,12 +196,41 @@ def corpus() -> list[tuple[str, str, str, bytes, dict[str, str], int, str | None
         add(f"origin-{origin}", mp(text="seven", image=GOOD_PNG), 403, "origin_not_allowed",
             extra={"Origin": origin})
     for path in ("/v1/models/load", "/v1/model/unload", "/v1/predict/../../etc/passwd", "/static/../../x",
-                 "/static/kiosk.js.map", "/v2/predict", "/admin"):
+                 "/static/kiosk.js.map", "/v2/predict", "/admin",
+                 "/v1/health/live/", "/metrics/", "/v1/model/"):  # connections: no 307 to a Host-made Location
         add(f"path-{path}", (b"", {}), 404, "not_found", path=path, method="GET")
+    add("path-predict-slash", mp(text="seven", image=GOOD_PNG), 404, "not_found", path="/v1/predict/")
     for method in ("PUT", "DELETE", "PATCH"):
         add(f"method-{method}", mp(text="seven", image=GOOD_PNG), 405, "method_not_allowed", method=method)
     add("content-length-too-big", (b"tiny", {"Content-Type": "image/png", "Content-Length": str(2**30)}), 413,
         "body_too_large")
+    # -- connections: JSON the parser chokes on (was a plain-text 500), strict UTF-8 query strings --
+    png64 = base64.b64encode(GOOD_PNG)
+    for name, doc in {"bigint-text": b'{"text": ' + b"7" * 5000 + b', "image": "' + png64 + b'"}',
+                      "bigint-unknown-key": b'{"n": ' + b"9" * 4301 + b"}",
+                      "bigint-negative": b'{"text": "x", "n": -' + b"1" * 10_000 + b"}",
+                      "bigint-in-list": b'{"text": [' + b"3" * 6000 + b"]}"}.items():
+        add(f"json-{name}", (doc, {"Content-Type": "application/json"}), 400, "invalid_json")
+    add("json-huge-exponent", (b'{"text": 1e999999, "image": "' + png64 + b'"}', {"Content-Type": "application/json"}),
+        400, "invalid_request")
+    for name, doc in {"lone-high-key": b'{"\\ud800": "x"}', "lone-low-key": b'{"text": "x", "\\udfff": 1}',
+                      "lone-key-with-image": b'{"\\udbff": "x", "image": "' + png64 + b'"}',
+                      "reversed-pair-key": b'{"\\ude00\\ud83d": null}'}.items():
+        add(f"json-surrogate-{name}", (doc, {"Content-Type": "application/json"}), 400, "invalid_request")
+    add("json-lone-low-surrogate-text", (b'{"text": "\\udfff", "image": "' + png64 + b'"}',
+                                         {"Content-Type": "application/json"}), 400, "invalid_input")
+    add("json-surrogate-pair-text", (b'{"text": "\\ud83d\\ude00 seven", "image": "' + png64 + b'"}',
+                                     {"Content-Type": "application/json"}), 200, None)
+    raw_png = (GOOD_PNG, {"Content-Type": "image/png"})
+    for i, bad in enumerate(["%ff%fe", "%c3%28", "%ed%a0%80", "%c0%af", "%f8%88%80%80%80", "%e2%82", "seven%80",
+                             "%fe%ff%00s%00e"]):
+        add(f"query-utf8-raw-{i}", raw_png, 400, "invalid_utf8", path=f"/v1/predict?text={bad}")
+    add("query-utf8-multipart", mp(text="seven", image=GOOD_PNG), 400, "invalid_utf8", path="/v1/predict?text=%ff")
+    add("query-utf8-other-key", raw_png, 400, "invalid_utf8", path="/v1/predict?text=seven&lang=%ff")
+    add("query-utf8-key", raw_png, 400, "invalid_utf8", path="/v1/predict?%ff=1&text=seven")
+    for path in ("/v1/health/live?probe=%ff", "/v1/model?x=%c3", "/?lang=%ed%b0%80"):
+        add(f"query-utf8-get-{path}", (b"", {}), 400, "invalid_utf8", path=path, method="GET")
+    add("query-utf8-ok", raw_png, 200, None, path="/v1/predict?text=%E4%B8%83+%F0%9F%91%8D")
     return cases
 
 
@@ -233,32 +265,15 @@ def test_hostile_request(case, answers):
 
 def raw_exchange(port: int, head: str, body: bytes, *, chunks: int = 0, chunk: bytes = b""):
     """Send a hand-made request (lying or endless bodies) and parse the first response."""
-    from tests.serve.conftest import Response
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(head.encode() + body)
+    with raw_connection(port, head.encode() + body, timeout=30) as s:
         try:
             for _ in range(chunks):
                 s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         except OSError:
             pass  # the server answered and closed: exactly what we want
-        data = b""
-        while b"\r\n\r\n" not in data:
-            part = s.recv(65536)
-            if not part:
-                break
-            data += part
-        head_text, _, rest = data.partition(b"\r\n\r\n")
-        lines = head_text.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            part = s.recv(65536)
-            if not part:
-                break
-            rest += part
-        return Response(status, headers, rest[:length])
+        res = read_answer(s)
+    assert res is not None, "closed without an answer"
+    return res
 
 
 def test_one_gigabyte_chunked_body_is_cut_off_at_the_cap(server):
@@ -273,5 +288,148 @@ def test_server_survives_the_corpus(server, answers):
     assert all(res.status < 500 for res in answers.values())
     assert server.get("/v1/health/ready").status == 200
     metrics = server.metrics()
-    assert not re.search(r'edgemm_requests_total\{status="5\d\d"\}', metrics)
+    # Every error answer is counted, the readiness probes' 503 while the model loaded included: no
+    # 500 and no internal error is what "survives" means.
+    assert not re.search(r'edgemm_requests_total\{status="500"\}', metrics)
+    assert 'edgemm_errors_total{code="internal"}' not in metrics
     assert "edgemm_errors_total{code=\"json_too_deep\"}" in metrics
+
+
+# -- connections: malformed HTTP, answered by the HTTP layer in the one shape and counted -------
+HOST = b"Host: 127.0.0.1\r\n"
+MALFORMED = {  # name → (bytes, status, code)
+    "request-line-garbage": (b"GARBAGE\r\n\r\n", 400, "malformed_http"),
+    "request-line-without-version": (b"GET /\r\n\r\n", 400, "malformed_http"),
+    "request-line-tab-in-target": (b"GET /a\tb HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_http"),
+    "request-line-non-ascii-target": (b"GET /caf\xc3\xa9 HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_http"),
+    "request-line-nul-in-target": (b"GET /a\x00b HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_http"),
+    "header-without-colon": (b"GET / HTTP/1.1\r\n" + HOST + b"NoColon\r\n\r\n", 400, "malformed_http"),
+    "header-space-before-colon": (b"GET / HTTP/1.1\r\nHost : 127.0.0.1\r\n\r\n", 400, "malformed_http"),
+    "header-name-with-space": (b"GET / HTTP/1.1\r\n" + HOST + b"X Y: a\r\n\r\n", 400, "malformed_http"),
+    "header-empty-name": (b"GET / HTTP/1.1\r\n" + HOST + b": a\r\n\r\n", 400, "malformed_http"),
+    "header-nul-in-value": (b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x00b\r\n\r\n", 400, "malformed_http"),
+    "host-missing": (b"GET / HTTP/1.1\r\n\r\n", 400, "malformed_http"),
+    "host-twice": (b"GET / HTTP/1.1\r\n" + HOST + HOST + b"\r\n", 400, "malformed_http"),
+    "content-length-not-a-number": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n",
+                                    400, "malformed_http"),
+    "content-length-negative": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Content-Length: -1\r\n\r\n",
+                                400, "malformed_http"),
+    "content-length-plus-sign": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Content-Length: +5\r\n\r\nabcde",
+                                 400, "malformed_http"),
+    "content-length-conflicting": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n"
+                                   b"Content-Length: 6\r\n\r\nabcdef", 400, "malformed_http"),
+    "content-length-30-digits": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Content-Length: " + b"9" * 30
+                                 + b"\r\n\r\n", 400, "malformed_http"),
+    "chunk-size-not-hex": (b"POST /v1/predict?text=x HTTP/1.1\r\n" + HOST + b"Content-Type: image/png\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed_http"),
+    "transfer-encoding-gzip": (b"POST /v1/predict HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+                               501, "unsupported_transfer_encoding"),
+    "headers-too-large-at-once": (b"GET / HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+                                  431, "headers_too_large"),
+    "headers-too-many": (b"GET / HTTP/1.1\r\n" + HOST + b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(3000))
+                         + b"\r\n", 431, "headers_too_large"),
+}
+
+
+
+@pytest.fixture(scope="module")
+def malformed_answers(server):
+    """name → (answer, how much its code's error count rose), one case at a time."""
+    out = {}
+    for name, (data, _, code) in MALFORMED.items():
+        before = server.error_count(code)
+        res = server.exchange(data)
+        out[name] = res, server.error_count(code) - before
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_http(name, malformed_answers):
+    _, status, code = MALFORMED[name]
+    res, counted = malformed_answers[name]
+    assert_one_shape(res, status, code)
+    assert res.headers["connection"] == "close"
+    assert counted == 1
+
+
+# -- connections: slow and greedy clients, run at once against the shipped timeouts (10 s) ------
+STALLED_BODY = (b"POST /v1/predict?text=x HTTP/1.1\r\n" + HOST + b"Content-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\n\x89PNG")
+SLOW = {  # name → (status, code), or None: closed without an answer
+    "half-request-line": (408, "header_timeout"),
+    "headers-never-end": (408, "header_timeout"),
+    "headers-a-byte-a-second": (408, "header_timeout"),
+    "kept-alive-then-half-a-request": (408, "header_timeout"),
+    "silent-connection": None,
+    "stalled-body": (408, "body_timeout"),
+    "stalled-chunked-body": (408, "body_timeout"),
+    "stalled-multipart-body": (408, "body_timeout"),
+    "stalled-body-after-100-continue": (408, "body_timeout"),
+    "client-over-its-connection-cap": (429, "too_many_client_connections"),
+    "client-over-its-in-flight-cap": (429, "too_many_client_requests"),
+}
+
+
+def _kept_alive_then_half(server):
+    with raw_connection(server.port, b"GET /v1/health/live HTTP/1.1\r\n" + HOST + b"\r\n") as sock:
+        assert read_answer(sock).status == 200
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nCont")
+        return read_answer(sock)
+
+
+def _over_connection_cap(server, source="127.0.9.1", cap=128):
+    # The shipped per-client cap: one more connection displaces the one that waited longest.
+    held = [raw_connection(server.port, b"GET /v1/health/li", source=source) for _ in range(cap)]
+    try:
+        assert server.get("/v1/health/live", source=source).status == 200
+        return read_answer(held[0])
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _over_in_flight_cap(server, source="127.0.9.2", cap=64):
+    held = [raw_connection(server.port, STALLED_BODY, source=source) for _ in range(cap)]
+    try:
+        time.sleep(0.5)  # their headers are read: all of them are in flight
+        return server.exchange(b"GET /v1/health/live HTTP/1.1\r\n" + HOST + b"\r\n", source=source)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def slow_answers(server):
+    body, headers = mp(text="seven", image=GOOD_PNG)
+    mp_head = ("POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = b"GET /v1/health/live HTTP/1.1\r\n" + HOST + b"X-Slow: yes\r\n\r\n"
+    runs = {
+        "half-request-line": lambda: server.exchange(b"GET /v1/health/re"),
+        "headers-never-end": lambda: server.exchange(b"GET /v1/health/live HTTP/1.1\r\n" + HOST),
+        "headers-a-byte-a-second": lambda: server.exchange(head[:1], pieces=[bytes([b]) for b in head[1:]], pause=1.0),
+        "kept-alive-then-half-a-request": lambda: _kept_alive_then_half(server),
+        "silent-connection": lambda: server.exchange(b""),
+        "stalled-body": lambda: server.exchange(STALLED_BODY),
+        "stalled-chunked-body": lambda: server.exchange(
+            b"POST /v1/predict?text=x HTTP/1.1\r\n" + HOST + b"Content-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n4\r\n\x89PNG\r\n"),
+        "stalled-multipart-body": lambda: server.exchange(mp_head + body[: len(body) // 2]),
+        "stalled-body-after-100-continue": lambda: server.exchange(STALLED_BODY.replace(
+            b"Content-Length", b"Expect: 100-continue\r\nContent-Length").removesuffix(b"\x89PNG")),
+        "client-over-its-connection-cap": lambda: _over_connection_cap(server),
+        "client-over-its-in-flight-cap": lambda: _over_in_flight_cap(server),
+    }
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run) for name, run in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("name", sorted(SLOW))
+def test_slow_or_greedy_client(name, slow_answers, server):
+    res = slow_answers[name]
+    if SLOW[name] is None:
+        assert res is None
+    else:
+        assert_one_shape(res, *SLOW[name])
+    assert server.get("/v1/health/ready").status == 200

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, audio: null, model: null, recorder: null };
+// token: the API token (undefined until asked for; null when this server needs none).
+const state = { image: null, audio: null, model: null, recorder: null, token: undefined };
 const MAX_RECORD_SECONDS = 10;
 
 function show(el, visible) { el.hidden = !visible; }
@@ -16,9 +17,26 @@ function showError(message) {
   show(el, Boolean(message));
 }
 
+// An exposed server gives its API token only to this page on the kiosk itself (loopback).
+class Refused extends Error {}
+
+async function loadToken() {
+  const res = await fetch("/v1/kiosk/token", { headers: { accept: "application/json" }, cache: "no-store" });
+  const body = await res.json();
+  if (res.status === 403) throw new Refused(body.error.message);
+  if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+  state.token = body.token;
+}
+
+function withToken(headers) {
+  return state.token ? { ...headers, authorization: "Bearer " + state.token } : headers;
+}
+
 async function loadModel() {
   try {
-    const res = await fetch("/v1/model", { headers: { accept: "application/json" } });
+    if (state.token === undefined) await loadToken();
+    const res = await fetch("/v1/model", { headers: withToken({ accept: "application/json" }) });
+    if (res.status === 401) state.token = undefined; // the token changed: ask again
     const body = await res.json();
     if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
     state.model = body;
@@ -29,6 +47,10 @@ async function loadModel() {
     if (!has("text")) $("audio-heading").textContent = "Say your answer";
     setStatus("Ready");
   } catch (err) {
+    if (err instanceof Refused) {
+      setStatus(err.message);
+      return;
+    }
     setStatus("The kiosk is starting… (" + err.message + ")");
     setTimeout(loadModel, 2000);
   }
@@ -155,7 +177,8 @@ async function ask(event) {
   submit.disabled = true;
   setStatus("Thinking…");
   try {
-    const res = await fetch("/v1/predict", { method: "POST", body: form });
+    const res = await fetch("/v1/predict", { method: "POST", body: form, headers: withToken({}) });
+    if (res.status === 401) state.token = undefined;
     const body = await res.json();
     if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
     showResult(body);
