@@ -97,7 +97,23 @@ def serve_section(doc: dict[str, Any], path: Path) -> str:
         f"| {_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('max'))} | "
         f"{_fmt(doc['throughput_rps'], 1)} | {statuses} | {doc['unexpected_count']} | {doc['server_errors']} | "
         f"{rss.get('after_warmup')} → {rss.get('after_load')} |",
+        *_serve_comparison(doc.get("comparison")),
     ])
+
+
+def _serve_comparison(comparison: dict[str, Any] | None) -> list[str]:
+    """Rows comparing two versions of the server run interleaved on this machine (medians of the runs)."""
+    if not comparison:
+        return []
+    lines = ["", f"Side by side: {comparison['how']}.", "",
+             "| code | runs | median p50 ms | median p99 ms | median req/s | p50 / p99 per run (ms) |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for key in ("before", "now"):
+        side = comparison[key]
+        per_run = ", ".join(f"{_fmt(r['p50'])} / {_fmt(r['p99'])}" for r in side["runs"])
+        lines.append(f"| {side['code']} | {len(side['runs'])} | {_fmt(side['median_p50_ms'])} | "
+                     f"{_fmt(side['median_p99_ms'])} | {_fmt(side['median_throughput_rps'], 1)} | {per_run} |")
+    return lines
 
 
 def render(results: Path, readme: Path) -> None:

@@ -1,6 +1,7 @@
 """Bounded load test of ``edgemm serve`` over real HTTP on loopback.
 
     python benchmarks/serve_load.py BUNDLE [--requests 2000] [--concurrency 32]
+    python benchmarks/serve_load.py BUNDLE --before CHECKOUT [--rounds 3]
 
 Starts the server on the bundle, sends a mix of requests (multipart text + image, with and
 without audio, JSON with base64, raw image bodies, 1 % malformed) from ``concurrency`` client
@@ -8,6 +9,11 @@ threads, and records status counts, client-side latency percentiles, server batc
 server's resident memory after warm-up and after the load, in
 ``benchmarks/results/<machine id>/serve-load/``. The test suite runs the same function
 (``tests/serve/test_load.py``) and asserts the behaviour, not the timings.
+
+``--before`` compares with another version of edgemm side by side: CHECKOUT is a checkout of an
+earlier commit (``git worktree add /tmp/before <commit>``); its own ``serve_load.py`` and this one
+run ``--rounds`` times each, interleaved, on the same bundle, and the recording (this version's
+median run by p50) carries both sides' runs and medians under ``comparison``.
 """
 
 from __future__ import annotations
@@ -163,31 +169,84 @@ def batch_histogram(metrics_text: str) -> dict[str, int]:
     return {le: int(n) for le, n in re.findall(r'edgemm_batch_size_bucket\{le="([^"]+)"\} (\d+)', metrics_text)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    from edgemm.bench.machine import fingerprint, machine_id
+def measure(bundle: Path, requests: int, concurrency: int) -> dict:
+    """One load run against a fresh server on ``bundle``: the report without the machine."""
     from tests.serve.conftest import start_server, stop_server
 
-    manifest = json.loads((args.bundle / "edgemm.json").read_text())
+    manifest = json.loads((bundle / "edgemm.json").read_text())
     audio = "audio" in manifest["modalities"]
     tmp = Path("benchmarks/.work/serve-load")
     tmp.mkdir(parents=True, exist_ok=True)
-    server = start_server(tmp, str(args.bundle), "--device", "cpu")
+    server = start_server(tmp, str(bundle), "--device", "cpu")
     try:
-        run_load(server.port, request_mix(200, seed=1, audio=audio), args.concurrency)  # warm-up
+        run_load(server.port, request_mix(200, seed=1, audio=audio), concurrency)  # warm-up
         rss_warm = rss_kib(server.proc.pid)
-        report = run_load(server.port, request_mix(args.requests, seed=2, audio=audio), args.concurrency)
+        report = run_load(server.port, request_mix(requests, seed=2, audio=audio), concurrency)
         report["bundle"] = {"name": manifest["name"], "modalities": sorted(manifest["modalities"])}
         report["rss_mib"] = {"after_warmup": round(rss_warm / 1024, 1),
                              "after_load": round(rss_kib(server.proc.pid) / 1024, 1)}
         report["batch_size_histogram"] = batch_histogram(server.metrics())
     finally:
         stop_server(server)
+    return report
+
+
+def _side(code: str, reports: list[dict]) -> dict:
+    return {"code": code,
+            "runs": [{"p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                      "throughput_rps": r["throughput_rps"], "unexpected": r["unexpected_count"]} for r in reports],
+            "median_p50_ms": statistics.median(r["latency_ms"]["p50"] for r in reports),
+            "median_p99_ms": statistics.median(r["latency_ms"]["p99"] for r in reports),
+            "median_throughput_rps": statistics.median(r["throughput_rps"] for r in reports)}
+
+
+def _git_head(folder: Path) -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(folder), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return done.stdout.strip() or folder.name
+
+
+def compare(bundle: Path, before: Path, rounds: int, requests: int, concurrency: int) -> dict:
+    """``rounds`` runs of ``before``'s serve_load.py and of this one, interleaved; this version's
+    median run (by p50) with both sides under ``comparison``."""
+    import subprocess
+    import tempfile
+
+    theirs, ours = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        for i in range(rounds):
+            out = Path(scratch) / f"before-{i}"
+            subprocess.run([sys.executable, "benchmarks/serve_load.py", str(bundle.resolve()), "--out", str(out),
+                            "--requests", str(requests), "--concurrency", str(concurrency)],
+                           cwd=before, check=True, stdout=subprocess.DEVNULL)
+            theirs.append(json.loads((out / "serve-load.json").read_text()))
+            ours.append(measure(bundle, requests, concurrency))
+    report = sorted(ours, key=lambda r: r["latency_ms"]["p50"])[len(ours) // 2]
+    report["comparison"] = {
+        "how": f"benchmarks/serve_load.py --before, {rounds} runs each, interleaved (before, now, ...), same bundle, "
+               "same machine, one server at a time",
+        "before": _side(f"{_git_head(before)} (before)", theirs),
+        "now": _side(f"{_git_head(HERE.parent)} (now; this recording is its median run)", ours),
+    }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of an earlier version to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    from edgemm.bench.machine import fingerprint, machine_id
+
+    if args.before:
+        report = compare(args.bundle, args.before, args.rounds, args.requests, args.concurrency)
+    else:
+        report = measure(args.bundle, args.requests, args.concurrency)
     machine = fingerprint()
     report["machine"] = machine
     out = args.out or HERE / "results" / machine_id(machine) / "serve-load"
