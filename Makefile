@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export EDGEMM_CACHE ?= $(CURDIR)/$(OUT)/cache
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup wheelhouse demo test lint clean
+.PHONY: setup wheelhouse demo test test-slow lint clean
 
 setup: $(VENV)/.edgemm-setup
 
@@ -34,6 +34,10 @@ demo: setup
 
 test: setup wheelhouse
 	$(BIN)/python -m pytest
+
+# The long suites the default run skips (every Hugging Face architecture, every recipe on real weights).
+test-slow: setup wheelhouse
+	$(BIN)/python -m pytest -m slow
 
 # The wheels that tests/packaging installs into fresh environments with pip --no-index (so the
 # test run stays offline); downloaded again only when pyproject.toml, the constraints or torch change.

@@ -65,7 +65,12 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with onnxruntime-gpu (CUDAExecutionProvider)")
     skip_trt = pytest.mark.skip(reason="needs TensorRT, which cannot be installed on this machine")
     gpu, trt = _has_cuda_ort(), _has_tensorrt()
+    # The default run stays within CI's time; `-m slow` (make test-slow) runs the long suites.
+    run_slow = "slow" in (config.getoption("markexpr") or "")
+    skip_slow = pytest.mark.skip(reason="slow: run with `make test-slow` (pytest -m slow)")
     for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
         if "gpu" in item.keywords and not gpu:
             item.add_marker(skip_gpu)
         if "trt" in item.keywords and not trt:
