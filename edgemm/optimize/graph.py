@@ -129,7 +129,8 @@ def optimize_graph(src: Path, dst: Path, encoders: dict[str, dict[str, Any]]) ->
 
     model = onnx.load(str(src))
     del model.graph.value_info[:]  # stale shapes from the exporter confuse later shape inference
-    baseline = _counts_by_branch(model)
+    only = next(iter(encoders)) if len(encoders) == 1 else None  # one encoder: maybe not a FusionModel
+    baseline = _counts_by_branch(model, only)
     nodes_before = len(model.graph.node)
     passes = encoder_passes(encoders)
     report: dict[str, Any] = {"passes": []}
@@ -149,7 +150,7 @@ def optimize_graph(src: Path, dst: Path, encoders: dict[str, dict[str, Any]]) ->
             current = optimized.model
     finally:
         ort_log.setLevel(level)
-    final = _counts_by_branch(current)
+    final = _counts_by_branch(current, only)
     for spec in passes:
         fused = _gained(final.get(spec["branch"], Counter()), baseline.get(spec["branch"], Counter()))
         log.info("graph optimization, %s encoder (%s): %s", spec["branch"], spec["model_type"], fused or "nothing fused")
@@ -164,10 +165,10 @@ def optimize_graph(src: Path, dst: Path, encoders: dict[str, dict[str, Any]]) ->
     return report
 
 
-def _counts_by_branch(model: Any) -> dict[str, Counter]:
+def _counts_by_branch(model: Any, single_modality: str | None = None) -> dict[str, Counter]:
     from edgemm.optimize.branches import node_branches
 
-    branches = node_branches(model)
+    branches = node_branches(model, single_modality)
     counts: dict[str, Counter] = {}
     for node in model.graph.node:
         if node.op_type in FUSED_OPS:

@@ -58,8 +58,45 @@ def to_fp16(src: Path, dst: Path, *, block_ops: Iterable[str] = FP16_BLOCK_OPS, 
     model = OnnxModel(_load_clean(src))
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
         model.convert_float_to_float16(keep_io_types=True, op_block_list=block_ops, node_block_list=block_nodes)
+    _drop_duplicate_nodes(model.model)
     model.save_model_to_file(str(dst))
     return {"method": "fp16", "keep_io_types": True, "op_block_list": block_ops, "node_block_list": block_nodes}
+
+
+def _drop_duplicate_nodes(model: Any) -> int:
+    """Remove nodes that repeat an earlier node exactly (op, inputs, outputs, attributes).
+
+    The FP16 converter inserts one Cast back to FP32 per blocked consumer of an FP16 value and
+    names it after the value; where the dynamo exporter shares one initializer between several
+    blocked nodes (e.g. every zero LayerNorm bias of a freshly initialised model), that gives
+    identical Casts writing the same output, which ONNX Runtime refuses to load. One of them
+    computes the same thing; it moves to the front when it reads only initializers (it then
+    precedes every consumer). Returns how many were dropped.
+    """
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    seen: set[bytes] = set()
+    kept: list[Any] = []
+    dropped = 0
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        kept.append(node)
+    if not dropped:
+        return 0
+    outputs = [o for n in kept for o in n.output]
+    repeated = {o for o in outputs if outputs.count(o) > 1}
+    if repeated:  # different nodes writing one value: not ours to resolve
+        raise ValueError(f"FP16 conversion wrote {sorted(repeated)[:3]} from different nodes")
+    hoisted = [n for n in kept if n.op_type == "Cast" and n.input and all(i in initializers for i in n.input)]
+    hoisted_ids = {id(n) for n in hoisted}
+    order = hoisted + [n for n in kept if id(n) not in hoisted_ids]
+    del graph.node[:]
+    graph.node.extend(order)
+    return dropped
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_range: bool | None = None,

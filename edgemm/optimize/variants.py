@@ -82,6 +82,12 @@ class VariantContext:
     recipe: Recipe
     parity_check: Callable[[Path], dict[str, Any]]
     reports: list[dict[str, Any]] = field(default_factory=list)
+    modalities: tuple[str, ...] = ()            # the model's modalities (one: not necessarily a FusionModel)
+
+    @property
+    def single_modality(self) -> str | None:
+        """The model's only modality, or None (see :func:`edgemm.optimize.branches.node_branches`)."""
+        return self.modalities[0] if len(self.modalities) == 1 else None
 
 
 def build_variants(ctx: VariantContext) -> list[Artifact]:
@@ -98,6 +104,14 @@ def _build_one(ctx: VariantContext, spec: VariantSpec) -> Artifact | None:
     chain = [spec.precision, *(spec.fallback if spec.fallback is not None else FALLBACK[(spec.precision, spec.base)])]
     report: dict[str, Any] = {"variant": spec.name, "requested": spec.precision, "base": spec.base, "attempts": []}
     ctx.reports.append(report)
+    if spec.precision == "mixed" and not _mixed_nodes(ctx, spec, ctx.bases[spec.base]):
+        # A recipe for many models meets one without the named branch (an image-only model,
+        # or one transformer over text and image like ViLT): the variant does not apply to it.
+        branches = sorted(b for b, p in spec.modalities.items() if p == "int8")
+        report["shipped"] = None
+        report["outcome"] = f"not applicable: the model has no separate {' / '.join(branches)} branch"
+        log.warning("variant %s: %s", spec.name, report["outcome"])
+        return None
     for step, precision in enumerate(chain):
         if precision == "fp32":
             report["shipped"] = None
@@ -162,7 +176,6 @@ def _attempt(ctx: VariantContext, spec: VariantSpec, precision: str, target: Pat
 
 def _make(ctx: VariantContext, spec: VariantSpec, precision: str, base: Path, target: Path,
           exclude: list[str]) -> dict[str, Any]:
-    import onnx
 
     if precision == "fp32-opt":
         shutil.copyfile(base, target)
@@ -177,17 +190,19 @@ def _make(ctx: VariantContext, spec: VariantSpec, precision: str, base: Path, ta
         return prec.quantize_int8_static(base, target, ctx.calibration_feeds, method=method,
                                          per_channel=spec.per_channel, exclude=exclude)
     # mixed: INT8 (dynamic) only in the branches the recipe names, FP32 elsewhere.
-    branches = {b for b, p in spec.modalities.items() if p == "int8"}
-    include = [n for n in nodes_in(onnx.load(str(base), load_external_data=False), branches) if n not in exclude]
-    if not include:
-        from edgemm.errors import RecipeError
-
-        raise RecipeError(f"Mixed variant {spec.name!r}: the model has no nodes in {sorted(branches)}.",
-                          hint="Name branches the model has: text, image, audio, fusion, head.")
+    include = [n for n in _mixed_nodes(ctx, spec, base) if n not in exclude]
     info = prec.quantize_int8_dynamic(base, target, per_channel=spec.per_channel, reduce_range=spec.reduce_range,
                                       exclude=exclude, include=include)
     return {**info, "method": "mixed", "branches": {b: spec.modalities.get(b, "fp32") for b in
                                                      ("text", "image", "audio", "fusion", "head")}}
+
+
+def _mixed_nodes(ctx: VariantContext, spec: VariantSpec, base: Path) -> list[str]:
+    """The nodes a mixed variant quantizes: those of the branches it names INT8."""
+    import onnx
+
+    branches = {b for b, p in spec.modalities.items() if p == "int8"}
+    return nodes_in(onnx.load(str(base), load_external_data=False), branches, single_modality=ctx.single_modality)
 
 
 def _rank_harm(ctx: VariantContext, spec: VariantSpec, precision: str, target: Path,
@@ -199,7 +214,8 @@ def _rank_harm(ctx: VariantContext, spec: VariantSpec, precision: str, target: P
     ops = REPAIRABLE_OPS.get(precision, set())
     candidates = [n.name for n in model.graph.node if n.op_type in ops and n.name and n.name not in excluded]
     if precision == "mixed":
-        allowed = set(nodes_in(model, {b for b, p in spec.modalities.items() if p == "int8"}))
+        allowed = set(nodes_in(model, {b for b, p in spec.modalities.items() if p == "int8"},
+                               single_modality=ctx.single_modality))
         candidates = [c for c in candidates if c in allowed]
     if not candidates:
         return []
