@@ -84,6 +84,15 @@ def test_every_registered_family_is_exported_by_a_test():
         "fusion": "tests/models/test_fusion_export.py",
         "clip": "tests/models/test_clip_export.py",
         "siglip": "tests/models/test_clip_export.py",
+        "vilt": "tests/models/test_hf_vilt.py",
+        "blip": "tests/models/test_hf_blip.py",
+        "chinese_clip": "tests/models/test_hf_chinese_clip.py",
+        "vision_text_dual_encoder": "tests/models/test_hf_dual_encoder.py",
+        "clap": "tests/models/test_hf_clap.py",
+        "hf-image-classification": "tests/models/test_hf_image_classification.py",
+        "hf-audio-classification": "tests/models/test_hf_audio_classification.py",
+        "hf-text-classification": "tests/models/test_hf_text.py",
+        "hf-token-classification": "tests/models/test_hf_token.py",
     }
     assert set(families()) == set(exercised), "a new export family needs an export test"
     for path in exercised.values():

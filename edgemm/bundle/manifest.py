@@ -34,6 +34,7 @@ TASKS = (
     "zero_shot_classification",
     "image_text_similarity",
     "embedding",
+    "token_classification",
 )
 MODALITIES = ("text", "image", "audio")
 # Tasks whose primary output holds one score per class, so "the predicted class" (top-1) of each

@@ -44,9 +44,11 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--spec", "spec_ref", metavar="MODULE:FACTORY", help="Your own nn.Module: a factory returning (module, ExportSpec).")
 @click.option("--target", default="default", show_default=True, metavar="NAME|PATH", help="Export recipe (export/*.toml).")
-@click.option("--labels", metavar="A,B,…", help="CLIP/SigLIP: fixed zero-shot labels (the text tower runs at export).")
-@click.option("--labels-file", type=click.Path(path_type=Path), help="CLIP/SigLIP: one label per line.")
-@click.option("--prompt", metavar="TEMPLATE", help="CLIP/SigLIP: prompt template with {} for the label.")
+@click.option("--labels", metavar="A,B,…",
+              help="Zero-shot directories (CLIP, SigLIP, Chinese-CLIP, VisionTextDualEncoder, CLAP): fixed labels "
+                   "(the text tower runs at export); classifiers: names for the head's outputs, in order.")
+@click.option("--labels-file", type=click.Path(path_type=Path), help="As --labels, one label per line.")
+@click.option("--prompt", metavar="TEMPLATE", help="Zero-shot directories: prompt template with {} for the label.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), help="torch → ONNX exporter (recipe default: dynamo).")
 @click.option("--opset", type=click.IntRange(17, 23), help="ONNX opset (recipe default: 18).")
 @click.option("--eval-data", metavar="DATA", help="Held-out data for the accuracy gate: digit-match or a dataset path "
@@ -65,8 +67,10 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
            eval_data: str | None, budget: float | None, calibration: str | None,
            allow_mismatch: bool, allow_tracer_warnings: bool, allow_pickle: bool, force: bool,
            as_json: bool) -> None:
-    """Export SOURCE (a FusionModel, CLIP or SigLIP directory, or with --spec your own model's
-    weights or checkpoint directory) to a verified bundle.
+    """Export SOURCE to a verified bundle: a FusionModel directory, a Hugging Face directory that
+    save_pretrained wrote (text / token / image / audio classification, ViLT, BLIP, CLIP, SigLIP,
+    Chinese-CLIP, VisionTextDualEncoder, CLAP; recognised by its config.json), or with --spec your
+    own model's weights or checkpoint directory.
 
     The spec's contract is checked before and after export (input names against forward(),
     outputs, shapes, dtypes, labels, postprocessing: exit 2). The graph is checked against

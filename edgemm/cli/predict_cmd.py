@@ -31,7 +31,7 @@ def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audi
     Prints the answer (label and scores, labels over the threshold, or values) and then every
     model output by name; --json prints them as one document.
     """
-    from edgemm.runtime.postprocess import MULTILABEL_TYPES
+    from edgemm.runtime.postprocess import MULTILABEL_TYPES, TOKEN_TYPES
     from edgemm.runtime.predictor import Predictor
 
     if not (texts or images or audios):
@@ -63,9 +63,10 @@ def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audi
         })
         return
     multilabel = predictor.manifest.postprocessing.get("type") in MULTILABEL_TYPES
+    tagging = predictor.manifest.postprocessing.get("type") in TOKEN_TYPES
     for index, r in enumerate(results):
         prefix, indent = (f"[{index + 1}] ", "    ") if len(results) > 1 else ("", "  ")
-        click.echo(prefix + _answer(r, multilabel))
+        click.echo(prefix + (_entities(r) if tagging else _answer(r, multilabel)))
         width = max((len(name) for name in r.outputs), default=0)
         for name, values in r.outputs.items():
             click.echo(f"{indent}{name:<{width}}  {compact(values)}")
@@ -75,6 +76,14 @@ def _one_or_many(paths: tuple[Path, ...]) -> Path | list[Path] | None:
     if not paths:
         return None
     return list(paths) if len(paths) > 1 else paths[0]
+
+
+def _entities(r: Any) -> str:
+    """The first line of a token-classification prediction: each entity with its span and score."""
+    if not r.entities:
+        return "(no entities)"
+    return "  ".join(f"{e['entity_group']} {e['word']!r} [{e['start']}:{e['end']}] {e['score']:.3f}"
+                     for e in r.entities)
 
 
 def _answer(r: Any, multilabel: bool) -> str:

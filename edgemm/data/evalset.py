@@ -27,9 +27,15 @@ class EvalSet:
         batch: ONNX Runtime's histogram calibrators (entropy, percentile) stack all batches into
         one array and fail on ragged shapes.
         """
+        if any(r.tags is not None for r in records):  # NER: one tag per word (edgemm.data.ner)
+            from edgemm.data.ner import token_eval_arrays
+
+            feeds, tags = token_eval_arrays(records, label_names, preprocessor, batch_size=batch_size,
+                                            fixed_shapes=fixed_shapes)
+            return cls(feeds=feeds, labels=tags, source=source)
         index = {label: i for i, label in enumerate(label_names)}
         chunks = [records[s:s + batch_size] for s in range(0, len(records), batch_size)]
-        pad: dict[str, int | None] = {"text_pad_to": None, "audio_pad_to": None}
+        pad: dict[str, Any] = {"text_pad_to": None, "audio_pad_to": None}
         if fixed_shapes:
             if len(chunks) > 1 and len(chunks[-1]) < batch_size:
                 chunks = chunks[:-1]
@@ -40,6 +46,11 @@ class EvalSet:
                 lengths = [preprocessor(_raw(chunk, modalities))[audio["input"]].shape[-1]
                            for chunk in chunks]
                 pad["audio_pad_to"] = max(lengths)
+            image = preprocessor.preprocessing.get("image")
+            if image is not None and "image" in modalities and image.get("pad_to_batch_max"):
+                # ViLT: every batch takes its largest picture's size; pad all to the largest of all.
+                sizes = [preprocessor(_raw(chunk, modalities))[image["input"]].shape[-2:] for chunk in chunks]
+                pad["image_pad_to"] = (max(s[0] for s in sizes), max(s[1] for s in sizes))
         feeds = [preprocessor(_raw(chunk, modalities), **pad) for chunk in chunks]
         kept = [r for chunk in chunks for r in chunk]
         return cls(feeds=feeds, labels=np.array([index[r.label] for r in kept]), source=source)

@@ -31,8 +31,17 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 from logits ``[N, C]`` (or ``[N, 1]`` match logits)."""
+    """Accuracy and macro-F1 from logits ``[N, C]`` (or ``[N, 1]`` match logits).
+
+    Token classification: logits ``[N, S, C]`` and labels ``[N, S]``; positions labelled
+    negative (special tokens, padding, later sub-tokens: :data:`edgemm.data.ner.IGNORE`) are
+    left out.
+    """
     logits = np.asarray(logits)
     predictions = predicted_classes(logits)
-    classes = logits.shape[-1] if logits.ndim == 2 and logits.shape[1] > 1 else 2
+    classes = logits.shape[-1] if logits.ndim >= 2 and logits.shape[-1] > 1 else 2
+    labels = np.asarray(labels)
+    if labels.ndim > 1:
+        keep = labels >= 0
+        labels, predictions = labels[keep], predictions[keep]
     return {"accuracy": accuracy(labels, predictions), "macro_f1": macro_f1(labels, predictions, classes)}

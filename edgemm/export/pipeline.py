@@ -422,7 +422,7 @@ def _variants(spec: ExportSpec, staging: Path, bases: dict[str, Path], base_info
     from edgemm.optimize.gate import run_artifact
     from edgemm.optimize.variants import VariantContext, build_variants, edge_feeds
 
-    if spec.task not in ("classification", "matching", "zero_shot_classification"):
+    if spec.task not in ("classification", "matching", "zero_shot_classification", "token_classification"):
         raise UsageError(f"The accuracy gate measures classification tasks; {spec.task} has no variants yet.",
                          hint="Use --target default for this model.")
     if dataset is None:
@@ -432,6 +432,7 @@ def _variants(spec: ExportSpec, staging: Path, bases: dict[str, Path], base_info
             hint="Pass --eval-data (digit-match, or a .jsonl/.csv dataset with test and calibration splits), "
                  "or use --target default.",
         )
+    dataset.check_task(spec.task)
     dataset.check_labels(spec.labels)
     test = dataset.require_split("test", minimum=MIN_EVAL_RECORDS, purpose="the accuracy gate")
     calibration = dataset.require_split("calibration", minimum=MIN_CALIBRATION_RECORDS, purpose="INT8 calibration")
@@ -455,7 +456,7 @@ def _variants(spec: ExportSpec, staging: Path, bases: dict[str, Path], base_info
     ctx = VariantContext(staging=staging, bases=bases, base_info=base_info, output=output, evalset=evalset,
                          fp32_outputs=fp32_outputs, calibration_feeds=calibration_feeds,
                          edge_feeds=edge_feeds(preprocessor, spec.modalities, rate=rate),
-                         recipe=recipe, parity_check=parity_check)
+                         recipe=recipe, parity_check=parity_check, modalities=tuple(spec.modalities))
     from edgemm.data.metrics import classification_metrics
 
     artifacts = build_variants(ctx)

@@ -11,6 +11,10 @@ is applied exactly once:
                               labels over ``threshold``
 ``matching``                  one match logit per row: sigmoid, match over ``threshold``
 ``identity``                  values as given, named by the labels (or by the output)
+``token_classification``      per-token logits ``[B, S, labels]``: word-level entities with
+                              character offsets, as transformers' token-classification
+                              pipeline (``aggregation_strategy="simple"``) gives them
+                              (:mod:`edgemm.runtime.entities`)
 ============================  ===========================================================
 
 Anything that does not fit (an unknown type, a label list of the wrong length, probabilities
@@ -27,9 +31,13 @@ import numpy as np
 
 from edgemm.bundle.manifest import Manifest
 from edgemm.errors import OutputMismatchError, RuntimeFailure
+from edgemm.runtime.entities import AGGREGATIONS, entities_from_logits
 
 # The postprocessing types, in the order the README lists them.
-POSTPROCESSING_TYPES = ("softmax", "sigmoid", "probabilities", "multilabel_probabilities", "matching", "identity")
+POSTPROCESSING_TYPES = ("softmax", "sigmoid", "probabilities", "multilabel_probabilities", "matching", "identity",
+                        "token_classification")
+# Types whose primary output holds per-token logits ``[B, S, labels]`` (``Prediction.entities``).
+TOKEN_TYPES = ("token_classification",)
 # Types whose primary output holds one score per label (logits or probabilities).
 PER_LABEL_TYPES = ("softmax", "sigmoid", "probabilities", "multilabel_probabilities")
 # Types whose answer is the set of labels over the threshold (``Prediction.labels``).
@@ -55,6 +63,8 @@ class Prediction:
         values: Regression / identity values (name → value) or similarities (text → score).
         outputs: Every model output of this row, by output name, as (nested) lists. Outputs
             without the batch axis (e.g. the candidate texts' embeddings) are given whole.
+        entities: Token classification: ``[{"entity_group", "score", "word", "start", "end"}]``
+            (character offsets into the text), as transformers' pipeline gives them.
     """
 
     label: str | None = None
@@ -63,6 +73,7 @@ class Prediction:
     labels: list[str] = field(default_factory=list)
     values: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    entities: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The prediction as the JSON ``edgemm predict --json`` and the HTTP API return."""
@@ -73,6 +84,7 @@ class Prediction:
             "labels": self.labels,
             "values": self.values,
             "outputs": self.outputs,
+            "entities": self.entities,
         }
 
 
@@ -97,12 +109,16 @@ class PostprocessSettings:
         output: The primary output it reads.
         top_k: How many single-label scores to report.
         threshold: The multi-label / matching decision threshold.
+        ignore_labels: Token classification: entity groups left out (``O``).
+        unk_token_id: Token classification: the tokenizer's unknown token (named by its characters).
     """
 
     kind: str
     output: str
     top_k: int
     threshold: float
+    ignore_labels: tuple[str, ...] = ("O",)
+    unk_token_id: int | None = None
 
     @classmethod
     def read(cls, manifest: Manifest) -> PostprocessSettings:
@@ -120,11 +136,26 @@ class PostprocessSettings:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise OutputMismatchError(f"postprocessing.threshold is {threshold!r}; it must be a number in [0, 1].",
                                       hint=_REEXPORT)
-        return cls(kind=str(kind), output=manifest.primary_output, top_k=top_k, threshold=float(threshold))
+        extra: dict[str, Any] = {}
+        if kind in TOKEN_TYPES:
+            aggregation = section.get("aggregation", "simple")
+            if aggregation not in AGGREGATIONS:
+                raise OutputMismatchError(f"postprocessing.aggregation is {aggregation!r}; this runtime reproduces "
+                                          f"{', '.join(AGGREGATIONS)}.", hint=_REEXPORT)
+            ignore = section.get("ignore_labels", ["O"])
+            if not isinstance(ignore, list) or not all(isinstance(x, str) for x in ignore):
+                raise OutputMismatchError(f"postprocessing.ignore_labels is {ignore!r}; it must be a list of labels.",
+                                          hint=_REEXPORT)
+            unk = section.get("unk_token_id")
+            if unk is not None and (isinstance(unk, bool) or not isinstance(unk, int) or unk < 0):
+                raise OutputMismatchError(f"postprocessing.unk_token_id is {unk!r}; it must be a token id or null.",
+                                          hint=_REEXPORT)
+            extra = {"ignore_labels": tuple(ignore), "unk_token_id": unk}
+        return cls(kind=str(kind), output=manifest.primary_output, top_k=top_k, threshold=float(threshold), **extra)
 
 
 def postprocess(outputs: dict[str, np.ndarray], manifest: Manifest, *,
-                candidates: list[str] | None = None) -> list[Prediction]:
+                candidates: list[str] | None = None, tokens: list[Any] | None = None) -> list[Prediction]:
     """Apply the manifest's postprocessing to a batch of outputs.
 
     Args:
@@ -134,6 +165,10 @@ def postprocess(outputs: dict[str, np.ndarray], manifest: Manifest, *,
             "threshold"}``, types in :data:`POSTPROCESSING_TYPES`), its primary output and labels.
         candidates: Texts scored against each image (image–text similarity bundles); they name
             the primary output's values instead of the labels.
+        tokens: Token classification: each row's
+            :class:`~edgemm.runtime.preprocess.text.TokenAlignment` (the entities are named by
+            the characters their tokens cover). Without it, rows get no entities (the golden
+            label check re-postprocesses stored outputs; their values are compared directly).
 
     Returns:
         One :class:`Prediction` per row, each carrying every output in ``outputs``.
@@ -163,13 +198,25 @@ def postprocess(outputs: dict[str, np.ndarray], manifest: Manifest, *,
                 f"The model returned NaN or infinite values in output {name!r} (row {bad}).",
                 hint="Run `edgemm verify` on the bundle here; a reduced-precision artifact may overflow "
                      "(try --artifact fp32).")
-    names = value_names(settings, manifest, candidates, rows.shape[1])
+    per_token = settings.kind in TOKEN_TYPES
+    if per_token and (primary.ndim != 3 or (tokens is not None and len(tokens) != primary.shape[0])):
+        raise OutputMismatchError(
+            f"Postprocessing 'token_classification' reads per-token logits [batch, sequence, labels], but output "
+            f"{settings.output!r} has shape {list(primary.shape)}" + ("" if tokens is None else
+                                                                      f" for {len(tokens)} texts") + ".",
+            hint=_REEXPORT)
+    names = value_names(settings, manifest, candidates, primary.shape[-1] if per_token else rows.shape[1])
     per_row = _batch_outputs(outputs, manifest, settings.output, rows.shape[0])
     results: list[Prediction] = []
     for i, row in enumerate(rows):
         pred = Prediction(outputs={name: (np.asarray(value)[i] if name in per_row else np.asarray(value)).tolist()
                                    for name, value in outputs.items()})
-        _fill(pred, settings, row, names, i)
+        if per_token:
+            pred.entities = [] if tokens is None else entities_from_logits(
+                primary[i], tokens[i], names, unk_token_id=settings.unk_token_id, ignore_labels=settings.ignore_labels)
+            pred.labels = list(dict.fromkeys(e["entity_group"] for e in pred.entities))
+        else:
+            _fill(pred, settings, row, names, i)
         if candidates is not None:
             pred.values = {text: float(v) for text, v in zip(candidates, row)}
         results.append(pred)

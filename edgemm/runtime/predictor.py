@@ -29,7 +29,7 @@ from edgemm.errors import (
 from edgemm.runtime.backends.base import Backend, axis_meanings
 from edgemm.runtime.backends.onnxruntime import OrtBackend, tensorrt_ep_options
 from edgemm.runtime.golden import check_golden
-from edgemm.runtime.postprocess import Prediction, postprocess
+from edgemm.runtime.postprocess import TOKEN_TYPES, Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
 from edgemm.runtime.semantics import check_semantics
 from edgemm.runtime.sessions import available_devices
@@ -311,8 +311,14 @@ class Predictor:
                      for m, v in batch.items()}
             outputs = self.run(self.preprocessor(chunk))
             predictions.extend(postprocess(outputs, self.manifest,
-                                           candidates=candidates))
+                                           candidates=candidates, tokens=self._alignments(chunk)))
         return predictions[0] if single else predictions
+
+    def _alignments(self, chunk: dict[str, list[Any]]) -> list[Any] | None:
+        """Where each token of the chunk's texts came from, for token classification (else None)."""
+        if self.manifest.postprocessing.get("type") not in TOKEN_TYPES or self.preprocessor.text is None:
+            return None
+        return self.preprocessor.text.alignments(["" if t is None else t for t in chunk.get("text", [])])
 
     def check_golden(self) -> dict[str, Any]:
         """Known-answer canary: reproduce the golden set through this predictor's own session.

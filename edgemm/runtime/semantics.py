@@ -30,8 +30,15 @@ from edgemm.bundle.manifest import MAX_DIM, Manifest, TensorSpec
 from edgemm.errors import BundleError, OutputMismatchError, UsageError
 
 # The runtime's own rules, imported rather than restated so that load and request time agree.
-from edgemm.runtime.postprocess import POSTPROCESSING_TYPES, PostprocessSettings, value_names
+from edgemm.runtime.postprocess import (
+    POSTPROCESSING_TYPES,
+    TOKEN_TYPES,
+    PostprocessSettings,
+    value_names,
+)
 from edgemm.runtime.preprocess.audio import validate_audio_preprocessing
+from edgemm.runtime.preprocess.audio.clap import clap_feature_shape
+from edgemm.runtime.preprocess.audio.fbank import FBANK_FEATURES
 from edgemm.runtime.preprocess.image.decode import allowed_formats
 from edgemm.runtime.preprocess.image.transforms import parse_image_section
 
@@ -113,6 +120,9 @@ def _check_postprocessing(manifest: Manifest, problems: _Problems) -> None:
     except OutputMismatchError as exc:
         problems.add("", exc.message)
         return
+    if settings.kind in TOKEN_TYPES:
+        _check_token_output(manifest, settings, problems)
+        return
     if manifest.task == "image_text_similarity":
         return  # the candidate texts name the values, one per text, at request time
     spec = _tensor(manifest.outputs, settings.output)
@@ -127,6 +137,23 @@ def _check_postprocessing(manifest: Manifest, problems: _Problems) -> None:
             problems.add("labels:", exc.message)
 
 
+def _check_token_output(manifest: Manifest, settings: PostprocessSettings, problems: _Problems) -> None:
+    """Token classification reads ``[batch, sequence, labels]`` logits of a text model, one label per column."""
+    if not isinstance(manifest.preprocessing.get("text"), Mapping):
+        problems.add("postprocessing.type", f"is {settings.kind!r}, which tags the tokens of a text, but the bundle "
+                     "has no text preprocessing.")
+    spec = _tensor(manifest.outputs, settings.output)
+    if spec is None or len(spec.shape) != 3:
+        problems.add(f"outputs.{settings.output}.shape", f"is {None if spec is None else spec.shape}; "
+                     f"{settings.kind!r} reads per-token logits [batch, sequence, labels].")
+        return
+    if isinstance(spec.shape[2], int):
+        try:
+            value_names(settings, manifest, None, spec.shape[2])
+        except OutputMismatchError as exc:
+            problems.add("labels:", exc.message)
+
+
 # -- which inputs each section fills --------------------------------------------------------------
 
 
@@ -135,7 +162,7 @@ def _produced(modality: str, section: Mapping[str, Any]) -> dict[str, str]:
     if modality == "text":
         keys = [("input_ids", "int64"), ("attention_mask", "int64"), ("token_type_ids", "int64")]
     elif modality == "image":
-        keys = [("input", "float32")]
+        keys = [("input", "float32"), ("mask_input", "int64")]  # the pixel mask of padded batches (ViLT)
     else:
         keys = [("input", "float32"), ("mask_input", "int64")]
     return {section[key]: dtype for key, dtype in keys if isinstance(section.get(key), str) and section[key]}
@@ -253,7 +280,8 @@ def _image_sides_bounded(section: Mapping[str, Any], where: str, problems: _Prob
     sides: list[tuple[str, Any]] = []
     resize, crop = section.get("resize"), section.get("center_crop")
     if isinstance(resize, Mapping):
-        sides += [(f"{where}.resize.{k}", resize[k]) for k in ("height", "width", "shortest_edge") if k in resize]
+        sides += [(f"{where}.resize.{k}", resize[k]) for k in ("height", "width", "shortest_edge", "longest_edge")
+                  if k in resize]
         pct, edge = resize.get("crop_pct"), resize.get("shortest_edge")
         if resize.get("mode") == "crop_pct" and _is_number(pct) and pct > 0 and _is_number(edge):
             # ConvNeXt resizes the short side to edge / crop_pct before cropping.
@@ -316,6 +344,12 @@ def _check_audio(manifest: Manifest, section: Mapping[str, Any], problems: _Prob
     if features is None:
         return  # reported by the feed check
     kind, rate = section["features"], int(section["sampling_rate"])
+    if kind == "clap":  # one fixed window: [batch, channels, frames, n_mels]
+        expected = list(clap_feature_shape(section))
+        if list(features.shape[1:]) != expected:
+            problems.add(f"inputs.{features.name}.shape", f"is {features.shape}; these clap features are "
+                         f"[batch, {', '.join(map(str, expected))}].")
+        return
     rank = 2 if kind == "waveform" else 3
     if len(features.shape) != rank:
         problems.add(f"inputs.{features.name}.shape", f"is {features.shape}; {kind} features are "
@@ -329,6 +363,8 @@ def _check_audio(manifest: Manifest, section: Mapping[str, Any], problems: _Prob
         length, unit, fixed = int(mel["n_samples"]) // int(mel["hop_length"]), "frames", True
     elif kind == "waveform":
         length, unit, fixed = int(seconds * rate), "samples", False
+    elif kind == FBANK_FEATURES:  # AST: always max_frames frames
+        length, unit, fixed = int(mel["max_frames"]), "frames", True
     else:
         length, unit, fixed = 1 + int(seconds * rate) // int(mel["hop_length"]), "frames", False
     axis = features.shape[-1]

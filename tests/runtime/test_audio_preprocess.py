@@ -575,7 +575,7 @@ def test_audio_preprocessing_from_hf() -> None:
     _raises_exactly(
         UnsupportedModelError,
         A.audio_preprocessing_from_hf,
-        {"feature_extractor_type": "ASTFeatureExtractor"},
+        {"feature_extractor_type": "SeamlessM4TFeatureExtractor"},  # AST's is supported since issue 15
     )
     _raises_exactly(UnsupportedModelError, A.audio_preprocessing_from_hf, {})
     _raises_exactly(

@@ -119,7 +119,7 @@ def test_every_output_is_carried_by_name():
         np.testing.assert_allclose(pred.outputs["logits"], outputs["logits"][i], atol=1e-7)
         np.testing.assert_allclose(pred.outputs["embedding"], outputs["embedding"][i], atol=1e-7)
         document = json.loads(json.dumps(pred.to_dict()))
-        assert set(document) == {"label", "score", "scores", "labels", "values", "outputs"}
+        assert set(document) == {"label", "score", "scores", "labels", "values", "outputs", "entities"}
         assert len(document["outputs"]["embedding"]) == 16
 
 
@@ -194,4 +194,4 @@ def test_non_finite_outputs_are_a_runtime_failure():
 
 def test_the_type_names_other_modules_emit_and_validate():
     assert POSTPROCESSING_TYPES == ("softmax", "sigmoid", "probabilities", "multilabel_probabilities",
-                                    "matching", "identity")
+                                    "matching", "identity", "token_classification")

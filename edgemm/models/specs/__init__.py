@@ -10,7 +10,22 @@ from pathlib import Path
 
 from edgemm.errors import UnsupportedModelError
 from edgemm.models.spec import Family, registered_families
-from edgemm.models.specs import clip, fusion  # noqa: F401  (registers fusion, clip, siglip)
+
+# Importing a family module registers its families (fusion; clip, siglip; vilt, blip;
+# hf-text-classification, hf-token-classification; clap, chinese_clip, vision_text_dual_encoder;
+# hf-image-classification, hf-audio-classification).
+from edgemm.models.specs import (  # noqa: F401
+    clip,
+    fusion,
+    hf_audio,
+    hf_blip,
+    hf_clap,
+    hf_dual,
+    hf_text,
+    hf_vilt,
+    hf_vision,
+)
+from edgemm.models.specs.hf import unsupported_architecture
 
 
 def families() -> dict[str, Family]:
@@ -27,6 +42,9 @@ def family_for(path: Path) -> Family:
     for family in families().values():
         if family.detect(path):
             return family
+    unsupported = unsupported_architecture(path)
+    if unsupported is not None:  # a transformers directory of an architecture no family exports
+        raise unsupported
     known = "; ".join(f"{f.name}: {f.description}" for f in families().values())
     raise UnsupportedModelError(
         f"{path} is not a checkpoint edgemm knows how to export.",

@@ -14,7 +14,7 @@ import numpy as np
 from edgemm.bundle.manifest import ModalitySpec
 from edgemm.errors import InvalidInputError, MissingModalityError
 from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
-from edgemm.runtime.preprocess.image import decode_image, preprocess_images
+from edgemm.runtime.preprocess.image import decode_image, image_feed
 from edgemm.runtime.preprocess.text import TextPreprocessor
 
 # What an absent optional modality is replaced with (its presence flag is 0, so the model
@@ -42,6 +42,7 @@ class Preprocessor:
         *,
         text_pad_to: int | None = None,
         audio_pad_to: int | None = None,
+        image_pad_to: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Preprocess a batch.
 
@@ -49,6 +50,8 @@ class Preprocessor:
             batch: ``modality → list of raw items``; ``None`` items (or a missing modality) mark
                 rows without that modality, allowed only for optional modalities.
             text_pad_to / audio_pad_to: Force the sequence / audio axis length (parity shapes).
+            image_pad_to: Pad pictures of sections that pad each batch (ViLT) to at least this
+                ``(height, width)``.
 
         Returns:
             The model feed: every preprocessed input by ONNX input name, plus each optional
@@ -81,7 +84,8 @@ class Preprocessor:
                     f"The model requires {modality} but {int((present == 0).sum())} of {n} request(s) lack it.",
                     hint=f"Send {modality} with every request.",
                 )
-            feed.update(self._modality_feed(modality, items, text_pad_to=text_pad_to, audio_pad_to=audio_pad_to))
+            feed.update(self._modality_feed(modality, items, text_pad_to=text_pad_to, audio_pad_to=audio_pad_to,
+                                            image_pad_to=image_pad_to))
             if info.presence_input:
                 feed[info.presence_input] = present
         return feed
@@ -109,7 +113,7 @@ class Preprocessor:
         return spec is None or spec.batch_axis == "batch"
 
     def _modality_feed(self, modality: str, items: list[Any], *, text_pad_to: int | None,
-                       audio_pad_to: int | None) -> dict[str, np.ndarray]:
+                       audio_pad_to: int | None, image_pad_to: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
         cfg = self.preprocessing[modality]
         if modality == "text":
             texts = ["" if item is None else item for item in items]
@@ -120,7 +124,7 @@ class Preprocessor:
                 else decode_image(item, max_pixels=cfg["max_pixels"], formats=cfg["formats"], max_bytes=cfg["max_bytes"])
                 for item in items
             ]
-            return {cfg["input"]: preprocess_images(images, cfg)}
+            return image_feed(images, cfg, pad_to=image_pad_to)
         rate = int(cfg["sampling_rate"])
         waves = [
             np.zeros(int(_PLACEHOLDER_SECONDS * rate), dtype=np.float32) if item is None

@@ -6,11 +6,16 @@ same library for ``tokenizer(texts, padding=..., truncation=True, max_length=...
 sides, pad token, pad id and pad token type id, so token ids, masks and token type ids are
 identical to the training-time tokenizer. Sections written before ``padding_side``,
 ``truncation_side`` and ``pad_type_id`` were recorded keep their old behaviour: right, right, 0.
+
+:meth:`TextPreprocessor.alignments` also says where each token came from (characters covered,
+special or not, its vocabulary string): token classification names its entities by them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +118,32 @@ def check_text(text: Any, *, max_chars: int) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class TokenAlignment:
+    """One row of a tokenized batch as the model sees it, with where each token came from.
+
+    Positions are those of the feed the same texts produce (padding included), so row ``i`` of
+    a ``[B, S, labels]`` output lines up with ``alignments[i]``.
+
+    Attributes:
+        text: The text as tokenized.
+        ids: Token id per position.
+        tokens: The vocabulary string of each id (``convert_ids_to_tokens``).
+        offsets: ``(start, end)`` character span of each token in ``text`` (``(0, 0)`` for
+            special and padding tokens).
+        special: True for special tokens (``[CLS]``, ``</s>``) and padding.
+        decode: Joins token strings back into text as the tokenizer's decoder does
+            (``convert_tokens_to_string``).
+    """
+
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    decode: Callable[[list[str]], str] = field(repr=False, compare=False)
+
+
 class TextPreprocessor:
     """Tokenizes a batch of strings into ``input_ids`` / ``attention_mask`` arrays.
 
@@ -182,6 +213,39 @@ class TextPreprocessor:
         if cfg.get("token_type_ids"):
             feed[cfg["token_type_ids"]] = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
         return feed
+
+    def alignments(self, texts: list[Any], *, pad_to: int | None = None) -> list[TokenAlignment]:
+        """Tokenize ``texts`` exactly as :meth:`__call__` does and say where every token came from.
+
+        Token classification needs it: the entity of a token is named by the characters it
+        covers (see :mod:`edgemm.runtime.entities`).
+
+        Args:
+            texts: Strings (or UTF-8 bytes), as for :meth:`__call__`.
+            pad_to: As for :meth:`__call__`.
+
+        Returns:
+            One :class:`TokenAlignment` per text, positions as in the feed.
+
+        Raises:
+            InvalidInputError / InputTooLargeError: As :meth:`__call__`.
+        """
+        clean = [check_text(t, max_chars=int(self.config["max_chars"])) for t in texts]
+        limit = min(pad_to or self.max_length, self.max_length)
+        with self._lock:
+            encodings = self._encode(clean, limit, pad_to)
+        tok = self._tokenizer
+        return [TokenAlignment(text=text, ids=list(e.ids), tokens=[tok.id_to_token(i) or "" for i in e.ids],
+                               offsets=[(int(s), int(t)) for s, t in e.offsets],
+                               special=[bool(s) or not m for s, m in zip(e.special_tokens_mask, e.attention_mask)],
+                               decode=self.decode_tokens)
+                for text, e in zip(clean, encodings)]
+
+    def decode_tokens(self, tokens: list[str]) -> str:
+        """Token strings → text, as transformers' ``convert_tokens_to_string`` for a fast tokenizer
+        (the tokenizer's decoder, or the tokens joined by spaces when it has none)."""
+        decoder = self._tokenizer.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
     def _encode(self, clean: list[str], limit: int, pad_to: int | None) -> list[Any]:
         cfg = self.config

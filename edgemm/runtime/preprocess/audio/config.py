@@ -22,6 +22,14 @@ import math
 from typing import Any
 
 from edgemm.errors import BundleError, UnsupportedModelError, UsageError
+from edgemm.runtime.preprocess.audio.clap import clap_preprocessing_from_hf, clap_section_problem
+from edgemm.runtime.preprocess.audio.fbank import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    FBANK_FEATURES,
+    check_fbank_section,
+    fbank_section,
+)
 from edgemm.runtime.preprocess.audio.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 __all__ = [
@@ -32,7 +40,7 @@ __all__ = [
     "validate_audio_preprocessing",
 ]
 
-FEATURE_KINDS = ("waveform", "whisper_log_mel", "log_mel")
+FEATURE_KINDS = ("waveform", "whisper_log_mel", "log_mel", FBANK_FEATURES, "clap")
 
 # The ONNX input names (features, mask) each kind gets unless the caller names its own: the
 # inputs of edgemm's audio encoders. Whisper's encoder takes no mask.
@@ -40,6 +48,8 @@ STANDARD_INPUTS: dict[str, tuple[str, str | None]] = {
     "waveform": ("input_values", "audio_attention_mask"),
     "whisper_log_mel": ("input_features", None),
     "log_mel": ("input_features", "audio_attention_mask"),
+    FBANK_FEATURES: ("input_values", None),  # AST: fixed length, no mask
+    "clap": ("input_features", None),  # CLAP takes no mask
 }
 
 _CONFIG_HINT = "The bundle's audio preprocessing section is malformed; export the bundle again."
@@ -120,7 +130,9 @@ def audio_preprocessing_from_hf(
         The audio preprocessing section: Wav2Vec2-style extractors map to ``"waveform"``
         (``input_values`` + ``audio_attention_mask``, always emitted; the model decides whether
         it uses it; ``normalize_includes_padding`` is true when the extractor returns no
-        attention mask), Whisper maps to ``"whisper_log_mel"`` (``input_features``, no mask).
+        attention mask), Whisper maps to ``"whisper_log_mel"`` (``input_features``, no mask),
+        AST to ``"kaldi_fbank"`` (``input_values``, no mask; its ``log_mel`` also records
+        ``max_frames`` and the normalisation, see :mod:`~edgemm.runtime.preprocess.audio.fbank`).
 
     Raises:
         UnsupportedModelError: Unknown extractor type, conflicting ``features``, bad values, or
@@ -132,7 +144,8 @@ def audio_preprocessing_from_hf(
             hint="Pass the contents of preprocessor_config.json.",
         )
     fe_type = fe_config.get("feature_extractor_type")
-    known = {"Wav2Vec2FeatureExtractor": "waveform", "WhisperFeatureExtractor": "whisper_log_mel"}
+    known = {"Wav2Vec2FeatureExtractor": "waveform", "WhisperFeatureExtractor": "whisper_log_mel",
+             "ASTFeatureExtractor": FBANK_FEATURES, "ClapFeatureExtractor": "clap"}
     if features is not None and features not in FEATURE_KINDS:
         raise UnsupportedModelError(
             f"Unknown audio feature kind {features!r}.",
@@ -143,7 +156,8 @@ def audio_preprocessing_from_hf(
         raise UnsupportedModelError(
             f"The audio feature extractor {fe_type!r} is not supported.",
             hint="Supported: Wav2Vec2FeatureExtractor (wav2vec2, HuBERT, WavLM ...) and "
-            "WhisperFeatureExtractor; pass features=... for a compatible custom extractor.",
+            "WhisperFeatureExtractor, ASTFeatureExtractor (AST), ClapFeatureExtractor (CLAP); pass features=... for a "
+            "compatible custom extractor.",
         )
     if kind is not None and features is not None and features != kind:
         raise UnsupportedModelError(
@@ -215,6 +229,18 @@ def audio_preprocessing_from_hf(
                 "n_samples": n_samples,
             },
         }
+    elif kind == "clap":
+        config = clap_preprocessing_from_hf(fe_config)  # CLAP's window, mel scale and layout
+    elif kind == FBANK_FEATURES:
+        config = fbank_section(
+            sampling_rate=rate,
+            padding_value=padding_value,
+            n_mels=number("num_mel_bins", 128, int),
+            max_frames=number("max_length", 1024, int),
+            normalize=flag("do_normalize", True),
+            mean=number("mean", AUDIOSET_MEAN, float),
+            std=number("std", AUDIOSET_STD, float),
+        )
     else:
         config = default_log_mel_preprocessing(
             sampling_rate=rate,
@@ -330,3 +356,7 @@ def validate_audio_preprocessing(config: dict[str, Any]) -> None:
         raise bad(f"log_mel needs 0 <= fmin < fmax <= sampling_rate/2, got {fmin}..{fmax}.")
     if kind == "whisper_log_mel":
         positive_int("n_samples", MAX_SAMPLE_RATE * 3600)
+    if kind == FBANK_FEATURES:
+        check_fbank_section(mel, bad)
+    if kind == "clap" and (problem := clap_section_problem(config)):
+        raise bad(problem)

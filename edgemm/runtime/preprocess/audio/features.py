@@ -10,6 +10,9 @@ feature extractors numerically:
   ``_np_extract_fbank_features``, on audio padded or cut to its fixed window; the frame mask of
   ``return_attention_mask=True`` when the section names a mask input);
 * ``"log_mel"`` — edgemm's own log-mel front end for its small CNN audio encoder.
+* ``"clap"`` — ``ClapFeatureExtractor`` (:mod:`~edgemm.runtime.preprocess.audio.clap`).
+* ``"kaldi_fbank"`` — ``ASTFeatureExtractor`` (:mod:`~edgemm.runtime.preprocess.audio.fbank`):
+  ``[B, n_mels, max_frames]``, no mask, ``pad_to`` ignored (the length is fixed).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from edgemm.errors import InvalidInputError
+from edgemm.runtime.preprocess.audio.clap import clap_features
 from edgemm.runtime.preprocess.audio.config import validate_audio_preprocessing
+from edgemm.runtime.preprocess.audio.fbank import FBANK_FEATURES, fbank_features
 from edgemm.runtime.preprocess.audio.limits import check_float_samples
 
 __all__ = ["LOG_MEL_EPS", "LOG_MEL_PAD_VALUE", "prepare_audio_batch"]
@@ -151,6 +156,12 @@ def prepare_audio_batch(
             normalize=bool(config.get("normalize", True)),
             includes_padding=bool(config.get("normalize_includes_padding", False)),
         )
+    elif kind == FBANK_FEATURES:
+        # AST: always max_frames frames (cut or padded by the extractor's rule), no mask.
+        features, mask = fbank_features(batch, config), None
+    elif kind == "clap":
+        # CLAP: one fixed window, 4 stacked spectrograms (fusion) or 1 (rand_trunc), no mask.
+        features, mask = clap_features(batch, config), None
     else:
         mel = config["log_mel"]
         n_fft, hop, n_mels = int(mel["n_fft"]), int(mel["hop_length"]), int(mel["n_mels"])

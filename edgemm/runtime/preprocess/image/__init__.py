@@ -28,7 +28,11 @@ from edgemm.runtime.preprocess.image.decode import (
     decode_image,
 )
 from edgemm.runtime.preprocess.image.render import WHITE, render
-from edgemm.runtime.preprocess.image.transforms import RESAMPLE_FILTERS, preprocess_images
+from edgemm.runtime.preprocess.image.transforms import (
+    RESAMPLE_FILTERS,
+    image_feed,
+    preprocess_images,
+)
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -39,6 +43,7 @@ __all__ = [
     "ImageSource",
     "decode_image",
     "default_image_preprocessing",
+    "image_feed",
     "image_preprocessing_from_hf",
     "preprocess_images",
     "render",

@@ -1,7 +1,7 @@
 """The manifest's image preprocessing section: translated from Hugging Face, or built plainly.
 
 :func:`image_preprocessing_from_hf` derives the section from a transformers image-processor
-config (ViT, DeiT, CLIP, SigLIP, ConvNeXt, BiT, with their ``*Fast`` and legacy
+config (ViT, DeiT, CLIP, SigLIP, ConvNeXt, BiT, BLIP, ViLT, with their ``*Fast`` and legacy
 ``*FeatureExtractor`` names) so that :func:`~edgemm.runtime.preprocess.image.preprocess_images`
 reproduces the *slow* processor exactly; :func:`default_image_preprocessing` builds a plain
 resize / rescale / normalise section for edgemm's own image encoders. Both record the
@@ -29,6 +29,7 @@ from edgemm.runtime.preprocess.image.decode import (
 )
 from edgemm.runtime.preprocess.image.render import WHITE, parse_background
 from edgemm.runtime.preprocess.image.transforms import RESAMPLE_FILTERS
+from edgemm.runtime.preprocess.image.vilt import longest_edge_for
 
 __all__ = ["default_image_preprocessing", "image_preprocessing_from_hf"]
 
@@ -45,7 +46,7 @@ _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class _HFSpec:
     """What one slow transformers image processor does, as far as preprocessing goes."""
 
-    resize: str  # "exact" | "shortest_or_exact" | "convnext"
+    resize: str  # "exact" | "shortest_or_exact" | "convnext" | "shortest_edge_divisor" (ViLT)
     default_size: Mapping[str, int]
     size_square: bool  # ``default_to_square`` when an int ``size`` is turned into a dict
     resample: int
@@ -107,6 +108,37 @@ _HF_PROCESSORS: dict[str, _HFSpec] = {
         std=_IMAGENET_STANDARD_STD,
     ),
     "BitImageProcessor": _CLIP_LIKE,
+    # Chinese-CLIP resizes to size["height"] x size["width"] exactly (its resize reads both keys,
+    # so a shortest_edge size fails there as here), then centre-crops like CLIP.
+    "ChineseCLIPImageProcessor": _HFSpec(
+        resize="exact",
+        default_size={"shortest_edge": 224},
+        size_square=False,
+        resample=int(Image.Resampling.BICUBIC),
+        mean=_OPENAI_CLIP_MEAN,
+        std=_OPENAI_CLIP_STD,
+        center_crop=True,
+        convert_rgb=True,
+    ),
+    # BLIP warps to its square like ViT, with CLIP's statistics.
+    "BlipImageProcessor": _HFSpec(
+        resize="exact",
+        default_size={"height": 384, "width": 384},
+        size_square=True,
+        resample=int(Image.Resampling.BICUBIC),
+        mean=_OPENAI_CLIP_MEAN,
+        std=_OPENAI_CLIP_STD,
+        convert_rgb=True,
+    ),
+    # ViLT keeps each picture's aspect ratio and pads the batch (edgemm.runtime.preprocess.image.vilt).
+    "ViltImageProcessor": _HFSpec(
+        resize="shortest_edge_divisor",
+        default_size={"shortest_edge": 384},
+        size_square=False,
+        resample=int(Image.Resampling.BICUBIC),
+        mean=_IMAGENET_STANDARD_MEAN,
+        std=_IMAGENET_STANDARD_STD,
+    ),
 }
 _SUPPORTED_HF = ", ".join(sorted(_HF_PROCESSORS))
 _VALID_SIZE_KEYS = (
@@ -203,6 +235,7 @@ def image_preprocessing_from_hf(
     *,
     input_name: str = "pixel_values",
     background: Sequence[int] | Literal["processor"] | None = "processor",
+    mask_input: str = "pixel_mask",
 ) -> dict[str, Any]:
     """Translate a transformers image-processor config into edgemm's image preprocessing dict.
 
@@ -215,6 +248,8 @@ def image_preprocessing_from_hf(
             a ViT, DeiT, CLIP, Siglip, ConvNext or Bit image processor; names ending in ``Fast``
             and the legacy ``*FeatureExtractor`` names are treated as the slow processor.
         input_name: Name of the model input that receives the pixel values.
+        mask_input: Name of the pixel-mask input of processors that pad every batch to its
+            largest picture (ViLT's ``do_pad``); the section then has ``pad_to_batch_max``.
         background: What transparency becomes. ``"processor"`` (default): what the processor
             does — ``None`` (alpha dropped, as its ``convert("RGB")`` does) when it converts
             to RGB itself, else white (it refuses such images, so nothing is to be matched).
@@ -262,6 +297,8 @@ def image_preprocessing_from_hf(
             else:
                 height, width = _hf_height_width(size, "size", name)
                 resize = {"mode": "exact", "height": height, "width": width}
+        elif spec.resize == "shortest_edge_divisor":
+            resize = _hf_divisor_resize(size, cfg, name)
         else:
             if "shortest_edge" not in size:
                 raise _hf_error(f"{name} needs size with 'shortest_edge', got {size!r}.")
@@ -312,7 +349,7 @@ def image_preprocessing_from_hf(
         # section): there, composite onto white, like edgemm's own sections.
         background = None if convert_rgb else WHITE
 
-    return _make_config(
+    section = _make_config(
         input_name=input_name,
         convert_rgb=convert_rgb,
         background=_user_background(background, 3),
@@ -324,6 +361,24 @@ def image_preprocessing_from_hf(
         mean=mean,
         std=std,
     )
+    if spec.resize == "shortest_edge_divisor" and _hf_pads(cfg):
+        section.update(pad_to_batch_max=True, mask_input=mask_input)
+    return section
+
+
+def _hf_divisor_resize(size: Mapping[str, Any], cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """ViltImageProcessor's resize: the shorter side, the longer side's cap and the size divisor."""
+    if "shortest_edge" not in size:
+        raise _hf_error(f"{name} needs size with 'shortest_edge', got {size!r}.")
+    edge = _positive_int(size["shortest_edge"], "size.shortest_edge")
+    divisor = _positive_int(cfg.get("size_divisor", 32), "size_divisor")
+    return {"mode": "shortest_edge_divisor", "shortest_edge": edge, "longest_edge": longest_edge_for(edge),
+            "size_divisor": divisor}
+
+
+def _hf_pads(cfg: Mapping[str, Any]) -> bool:
+    """Whether ViltImageProcessor pads batches: ``do_pad``, overridden by the legacy ``pad_and_return_pixel_mask``."""
+    return bool(cfg["pad_and_return_pixel_mask"] if "pad_and_return_pixel_mask" in cfg else cfg.get("do_pad", True))
 
 
 def _make_config(

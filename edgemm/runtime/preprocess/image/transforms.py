@@ -24,8 +24,9 @@ from PIL import Image
 from edgemm.errors import BundleError, InvalidInputError
 from edgemm.runtime.preprocess.image.decode import array_to_image
 from edgemm.runtime.preprocess.image.render import WHITE, parse_background, render
+from edgemm.runtime.preprocess.image.vilt import divisor_resize_size, pad_to_batch_max
 
-__all__ = ["RESAMPLE_FILTERS", "preprocess_images"]
+__all__ = ["RESAMPLE_FILTERS", "image_feed", "preprocess_images"]
 
 RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -36,7 +37,8 @@ RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
     "hamming": Image.Resampling.HAMMING,
 }
 
-_RESIZE_MODES = ("exact", "shortest_edge", "crop_pct")
+# shortest_edge_divisor: ViLT (see edgemm.runtime.preprocess.image.vilt).
+_RESIZE_MODES = ("exact", "shortest_edge", "crop_pct", "shortest_edge_divisor")
 
 
 def _config_error(message: str) -> BundleError:
@@ -100,6 +102,9 @@ def parse_image_section(config: Mapping[str, Any]) -> ImageRecipe:
             _config_int(resize.get("width"), "resize.width")
         else:
             _config_int(resize.get("shortest_edge"), "resize.shortest_edge")
+        if resize["mode"] == "shortest_edge_divisor":
+            _config_int(resize.get("longest_edge"), "resize.longest_edge")
+            _config_int(resize.get("size_divisor"), "resize.size_divisor")
         if resize["mode"] == "crop_pct":
             pct = resize.get("crop_pct")
             if (
@@ -218,6 +223,9 @@ def _prepare_one(image: Image.Image, recipe: ImageRecipe, what: str) -> np.ndarr
                 target = _shortest_edge_size(
                     image.height, image.width, int(edge / float(resize["crop_pct"]))
                 )
+            elif mode == "shortest_edge_divisor":
+                target = divisor_resize_size(image.height, image.width, edge, int(resize["longest_edge"]),
+                                             int(resize["size_divisor"]))
             else:
                 target = _shortest_edge_size(image.height, image.width, edge)
         image = image.resize((target[1], target[0]), resample=recipe.resample, reducing_gap=None)
@@ -305,3 +313,53 @@ def preprocess_images(
     if recipe.mean is not None and recipe.std is not None:
         values = (values - recipe.mean) / recipe.std
     return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+
+
+def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any], *,
+               pad_to: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The model inputs a batch of images fills, following ``config``.
+
+    ``{config["input"]: pixels}`` from :func:`preprocess_images`; a section with
+    ``pad_to_batch_max: true`` (ViLT: every picture keeps its own resized size) instead
+    preprocesses each picture alone, zero-pads the batch at the bottom and right to its largest
+    picture and adds ``{config["mask_input"]: pixel_mask}`` (1 over each picture's pixels), as
+    transformers' ``ViltImageProcessor`` does (see :mod:`~edgemm.runtime.preprocess.image.vilt`).
+    ``pad_to`` pads such batches to at least that ``(height, width)`` (one shape for every
+    calibration batch); other sections ignore it.
+
+    Raises:
+        InvalidInputError / UnsupportedMediaError: As :func:`preprocess_images`.
+        BundleError: The section is malformed (``pad_to_batch_max`` without a ``mask_input``).
+    """
+    pad = config.get("pad_to_batch_max", False)
+    if pad is False or pad is None:
+        return {config["input"]: preprocess_images(images, config)}
+    mask_name = config.get("mask_input")
+    if pad is not True or not isinstance(mask_name, str) or not mask_name:
+        raise _config_error(f"pad_to_batch_max must be true with a mask_input naming the pixel-mask input, got "
+                            f"{pad!r} / {mask_name!r}.")
+    recipe = parse_image_section(config)
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        images = list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
+        raise InvalidInputError("image_feed needs a non-empty list of images.", hint="Decode inputs with decode_image first.")
+    pictures = []
+    for index, item in enumerate(images):
+        if isinstance(item, np.ndarray):
+            item = array_to_image(item, f"Image array #{index}")
+        elif not isinstance(item, Image.Image):
+            raise InvalidInputError(f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
+                                    hint="Decode inputs with decode_image first.")
+        pixels = _prepare_one(item, recipe, f"Image #{index}")
+        # The same dtypes and order as preprocess_images (transformers' rescale, then normalize).
+        if recipe.rescale_factor is not None:
+            values = (pixels.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
+        else:
+            values = pixels.astype(np.float32)
+        if recipe.mean is not None and recipe.std is not None:
+            values = (values - recipe.mean) / recipe.std
+        pictures.append(np.ascontiguousarray(values.transpose(2, 0, 1)))
+    batch, mask = pad_to_batch_max(pictures, at_least=pad_to)
+    return {config["input"]: batch, mask_name: mask}
