@@ -21,7 +21,7 @@ from edgemm.fsio import os_error
 
 # name → (module, attribute, one-line help); modules are imported only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("edgemm.cli.train_cmd", "train", "Fine-tune a fusion model (digit-match reference by default)."),
+    "train": ("edgemm.cli.train_cmd", "train", "Fine-tune a fusion model or a Hugging Face classifier (digit-match reference by default)."),
     "export": ("edgemm.cli.export_cmd", "export", "Export a checkpoint to a verified, torch-free bundle."),
     "predict": ("edgemm.cli.predict_cmd", "predict", "Run a bundle on text / image / audio inputs."),
     "inspect": ("edgemm.cli.inspect_cmd", "inspect", "Show a bundle's manifest: inputs, artifacts, validation."),

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,90 +25,19 @@ from edgemm.models.config import FusionConfig, FusionSpec, HeadSpec
 from edgemm.runtime.preprocess.audio import load_audio, prepare_audio_batch
 from edgemm.runtime.preprocess.image import decode_image, preprocess_images
 from edgemm.runtime.preprocess.text import TextPreprocessor
+from edgemm.train import methods
+from edgemm.train.config import (  # noqa: F401  (the public names of edgemm train, importable from here)
+    METHODS,
+    SCHEDULES,
+    TRAINING_FILE,
+    LoraOptions,
+    TrainConfig,
+    TrainReport,
+    data_reference,
+)
+from edgemm.train.loop import fit
 
 log = logging.getLogger("edgemm.train")
-
-TRAINING_FILE = "training.json"
-SCHEDULES = ("linear", "cosine", "constant")
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    """LoRA adapters on the text encoder's attention projections (merged before saving)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    targets: tuple[str, ...] = ("query", "value")
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``edgemm train`` can set. Defaults train the digit-match reference model."""
-
-    output: Path
-    data: str = "digit-match"
-    name: str | None = None
-    text: str | None = "minilm"
-    image: str | None = "resnet-tiny"
-    audio: str | None = None
-    optional: tuple[str, ...] = ("audio",)
-    fusion: str = "concat"
-    fusion_dim: int = 128
-    freeze: tuple[str, ...] = ()
-    unfreeze_last: int | None = None
-    lora: LoraOptions | None = LoraOptions()
-    add_missing_tokens: bool = True
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 1e-3
-    encoder_lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    schedule: str = "linear"
-    patience: int = 3
-    metric: str = "accuracy"
-    seed: int = 0
-    image_size: int = 32
-    text_max_length: int = 32
-    modality_dropout: float = 0.3
-    data_cache: Path | None = None
-    max_train_records: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"Unknown schedule {self.schedule!r}.", hint=f"Choose one of: {', '.join(SCHEDULES)}.")
-        if self.metric not in ("accuracy", "macro_f1"):
-            raise UsageError(f"Unknown metric {self.metric!r}.", hint="Choose accuracy or macro_f1.")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UsageError("epochs and batch size must be at least 1.")
-        if not any((self.text, self.image, self.audio)):
-            raise UsageError("Training needs at least one encoder.", hint="Give --text, --image and/or --audio.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as saved in ``training.json`` (paths as strings)."""
-        data = asdict(self)
-        data["output"] = str(self.output)
-        data["data_cache"] = str(self.data_cache) if self.data_cache else None
-        return data
-
-
-@dataclass
-class TrainReport:
-    """Where the checkpoint went and how it did."""
-
-    checkpoint: Path
-    best_epoch: int
-    val: dict[str, float]
-    test: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    added_tokens: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as ``edgemm train --json`` prints it."""
-        return {"checkpoint": str(self.checkpoint), "best_epoch": self.best_epoch, "val": self.val, "test": self.test,
-                "history": self.history, "added_tokens": self.added_tokens, "seconds": round(self.seconds, 1)}
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -211,7 +138,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> Any:
         head=HeadSpec(type="classification", hidden=config.fusion_dim),
         labels=list(dataset.labels),
         optional_modalities=optional,
-        text_max_length=config.text_max_length,
+        text_max_length=config.max_length(),
     )
     return FusionModel(fusion, procs)
 
@@ -247,7 +174,11 @@ def add_missing_tokens(model: Any, texts: list[str]) -> list[str]:
 
 
 def configure_trainable(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
-    """Freeze / partially unfreeze / LoRA, and return optimizer parameter groups."""
+    """Freeze / partially unfreeze / LoRA / BitFit, and return optimizer parameter groups.
+
+    BitFit trains only the bias terms of the pretrained encoders (the fusion, the head and any
+    encoder trained from scratch train fully), at ``lr`` like the other new parts.
+    """
 
     text_pretrained = "text" in model.encoders and model.config.encoders["text"].source is not None
     for modality in config.freeze:
@@ -261,13 +192,16 @@ def configure_trainable(model: Any, config: TrainConfig) -> list[dict[str, Any]]
         for layer in layers[len(layers) - config.unfreeze_last:] if config.unfreeze_last > 0 else []:
             layer.requires_grad_(True)
     if "text" in model.encoders and config.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
         hf = model.encoders["text"].model
         hf.requires_grad_(False)
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=list(config.lora.targets), bias="none")
-        model.encoders["text"].model = get_peft_model(hf, lora)
+        model.encoders["text"].model = methods.wrap_lora(hf, config.lora, list(config.lora.targets))
+    if config.method == "bitfit":
+        pretrained = [m for m, enc in model.config.encoders.items() if enc.source is not None and m not in config.freeze]
+        if not pretrained:
+            raise UsageError("--method bitfit trains the bias terms of pretrained encoders; this model has none.",
+                             hint="Give a pretrained encoder (--text minilm or a directory), or use --method full.")
+        for modality in pretrained:  # encoders trained from scratch keep training fully
+            methods.apply_bitfit(model.encoders[modality])
     mask = getattr(model, "_new_token_mask", None)
     if mask is not None:
         embeddings = _text_hf(model).get_input_embeddings().weight
@@ -280,7 +214,7 @@ def configure_trainable(model: Any, config: TrainConfig) -> list[dict[str, Any]]
             continue
         if "word_embeddings" in name or "lora_" in name:
             groups["no_decay" if "word_embeddings" in name else "new"].append(param)
-        elif name.startswith("encoders.text.") and text_pretrained:
+        elif name.startswith("encoders.text.") and text_pretrained and config.method != "bitfit":
             groups["pretrained"].append(param)
         else:
             groups["new"].append(param)
@@ -312,24 +246,10 @@ def merge_lora(model: Any) -> None:
     """Fold LoRA adapters into the base weights so the checkpoint is a plain FusionModel."""
     if "text" not in model.encoders:
         return
-    hf = model.encoders["text"].model
-    if hasattr(hf, "merge_and_unload"):
-        model.encoders["text"].model = hf.merge_and_unload()
+    model.encoders["text"].model = methods.merge_adapters(model.encoders["text"].model)
 
 
 # -- loop -------------------------------------------------------------------------------------
-
-
-def _lr_lambda(schedule: str, total: int, warmup: int):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def evaluate(model: Any, encoder: BatchEncoder, records: list[Record], labels: list[str], *, batch_size: int = 64,
@@ -355,6 +275,10 @@ def train(config: TrainConfig) -> TrainReport:
     Raises:
         UsageError / DatasetError: Bad options or data (exit 2).
     """
+    if config.model is not None:
+        from edgemm.train.hf import train_hf
+
+        return train_hf(config)
     import torch
 
     start = time.perf_counter()
@@ -378,64 +302,32 @@ def train(config: TrainConfig) -> TrainReport:
     groups = configure_trainable(model, config)
     if not groups:
         raise UsageError("Every parameter is frozen: nothing to train.", hint="Unfreeze an encoder or drop --freeze.")
+    trainable = methods.parameter_summary(model, config.method or "full")
     modalities = model.config.modalities
     encoder = BatchEncoder(model, modalities)
-    optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = math.ceil(len(train_records) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.schedule, total, int(config.warmup * total)))
     index = {label: i for i, label in enumerate(dataset.labels)}
-    rng = np.random.default_rng(config.seed)
-    best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
-    history: list[dict[str, float]] = []
-    stale = 0
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    for epoch in range(1, config.epochs + 1):
+
+    def batch_loss(chunk: list[Record], rng: np.random.Generator) -> Any:
+        drop = {m: (rng.random(len(chunk)) >= config.modality_dropout).astype(np.float32) for m in encoder.optional}
+        target = torch.tensor([index[r.label] for r in chunk])
+        return torch.nn.functional.cross_entropy(model(**encoder(chunk, drop=drop))["logits"], target)
+
+    def train_mode() -> None:
         model.train()
         for modality in config.freeze:  # frozen means frozen: no dropout, no BatchNorm statistics drift
             model.encoders[modality].eval()
-        order = rng.permutation(len(train_records))
-        losses = []
-        batches = range(steps_per_epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None) if tqdm else batches
-        for b in bar:
-            chunk = [train_records[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
-            drop = {m: (rng.random(len(chunk)) >= config.modality_dropout).astype(np.float32)
-                    for m in encoder.optional}
-            inputs = encoder(chunk, drop=drop)
-            target = torch.tensor([index[r.label] for r in chunk])
-            loss = torch.nn.functional.cross_entropy(model(**inputs)["logits"], target)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        val = evaluate(model, encoder, val_records, dataset.labels)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in val.items()}})
-        log.info("epoch %d  loss %.4f  val accuracy %.4f  macro-F1 %.4f", epoch, np.mean(losses), val["accuracy"], val["macro_f1"])
-        score = val[config.metric]
-        if best is None or score > best[0]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best, stale = (score, epoch, state, val), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                log.info("early stopping: no validation improvement for %d epochs", stale)
-                break
-    assert best is not None  # at least one epoch ran
-    model.load_state_dict(best[2])
+
+    result = fit(model, groups, train_records, config, batch_loss=batch_loss, train_mode=train_mode,
+                 validate=lambda: evaluate(model, encoder, val_records, dataset.labels))
     test = evaluate(model, encoder, test_records, dataset.labels) if test_records else {}
     encoder.close()
     merge_lora(model)
     model.eval()
     checkpoint = model.save_pretrained(config.output)
-    report = TrainReport(checkpoint=checkpoint, best_epoch=best[1], val=best[3], test=test, history=history,
-                         added_tokens=added, seconds=time.perf_counter() - start)
-    record = {"config": config.to_dict(), "data": {"source": dataset.source, "spec": config.data,
+    report = TrainReport(checkpoint=checkpoint, best_epoch=result.best_epoch, val=result.val, test=test,
+                         history=result.history, added_tokens=added, trainable=trainable,
+                         seconds=time.perf_counter() - start)
+    record = {"config": config.to_dict(), "data": {"source": dataset.source, "spec": data_reference(config.data),
                                                    "fingerprint": dataset.fingerprint(), "labels": dataset.labels,
                                                    "modalities": modalities}, **report.to_dict()}
     (checkpoint / TRAINING_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
