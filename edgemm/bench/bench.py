@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,27 @@ def _checkpoint(config: BenchConfig, manifest: Manifest) -> Path | None:
     if config.checkpoint is not None:
         return config.checkpoint
     path = manifest.source.get("path")
-    return Path(path) if path and manifest.source.get("kind") == "fusion" and Path(path).is_dir() else None
+    if not path or not Path(path).is_dir():
+        return None
+    folder = Path(path)
+    if manifest.source.get("kind") == "fusion":
+        return folder
+    # A Hugging Face classifier directory: the peers run its own *For… class and processors.
+    return folder if _transformers_classifier(folder) else None
+
+
+# The Hugging Face heads the peers run as a transformers user would: one score per label per row.
+PEER_HEADS = ("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")
+
+
+def _transformers_classifier(folder: Path) -> bool:
+    """Whether ``folder``'s config.json names a classifier class the peers can run (read as
+    JSON here: the bench core stays torch-free)."""
+    try:
+        names = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(names) and isinstance(names[0], str) and names[0].endswith(PEER_HEADS)
 
 
 def _peers(config: BenchConfig, bundle: Path, manifest: Manifest, notes: list[str]) -> list[Any]:
@@ -214,7 +235,12 @@ def _peers(config: BenchConfig, bundle: Path, manifest: Manifest, notes: list[st
     from edgemm.bench.peers import make_peer
     if checkpoint is None:
         if auto:
-            notes.append("peers skipped: the PyTorch checkpoint of this bundle is not available (--checkpoint)")
+            source = Path(manifest.source.get("path") or "")
+            if source.name and (source / "config.json").is_file():
+                notes.append(f"peers skipped: the PyTorch peers run Hugging Face classifiers (*{', *'.join(PEER_HEADS)}); "
+                             f"{source.name} is not one")
+            else:
+                notes.append("peers skipped: the PyTorch checkpoint of this bundle is not available (--checkpoint)")
             return []
         raise UsageError("Peers need the PyTorch checkpoint.", hint="Pass --checkpoint DIR (what `edgemm train` wrote).")
     peers = []

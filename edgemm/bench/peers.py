@@ -1,7 +1,8 @@
 """Peers: what users would otherwise run, measured beside edgemm in the same process.
 
-* ``torch-eager`` — the fine-tuned FusionModel in PyTorch (FP32; ``torch-eager-fp16`` on GPU),
-  with the training-time transformers processors.
+* ``torch-eager`` — the fine-tuned model in PyTorch (FP32; ``torch-eager-fp16`` on GPU): a
+  FusionModel with its training-time transformers processors, or a Hugging Face checkpoint
+  directory through its own ``*For…`` class and the processors saved beside it.
 * ``torch-compile`` — the same model through ``torch.compile`` (``reduce-overhead``, i.e. CUDA
   graphs, on GPU; the default Inductor mode on CPU). Compilation happens in the warm-up and is
   reported separately.
@@ -83,6 +84,49 @@ class HFPreprocessing:
         return feed
 
 
+def is_transformers_checkpoint(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is a Hugging Face directory (``config.json`` naming its model class)
+    rather than an edgemm FusionModel directory."""
+    from edgemm.models.specs.hf import architecture
+
+    return not (checkpoint / "fusion_config.json").is_file() and architecture(checkpoint) is not None
+
+
+class TransformersPreprocessing:
+    """The processors saved in a Hugging Face checkpoint directory, called as a transformers user
+    calls them (``tokenizer(texts, padding=True, truncation=True)``, ``image_processor(images)``,
+    ``feature_extractor(waves, sampling_rate=…, padding=True)``), keeping what the graph takes."""
+
+    def __init__(self, checkpoint: Path, input_names: list[str], modalities: list[str]):
+        import transformers as tf
+
+        self.input_names = input_names
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(checkpoint, local_files_only=True) if "text" in modalities else None
+        self.image_processor = (tf.AutoImageProcessor.from_pretrained(checkpoint, local_files_only=True)
+                                if "image" in modalities else None)
+        self.feature_extractor = (tf.AutoFeatureExtractor.from_pretrained(checkpoint, local_files_only=True)
+                                  if "audio" in modalities else None)
+
+    def __call__(self, raw: dict[str, list[Any]], *, framework: str) -> dict[str, Any]:
+        from PIL import Image
+
+        out: dict[str, Any] = {}
+        if self.tokenizer is not None:
+            out.update(self.tokenizer([t or "" for t in raw["text"]], padding=True, truncation=True,
+                                      return_tensors=framework))
+        if self.image_processor is not None:
+            images = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else Image.fromarray(np.asarray(x)).convert("RGB")
+                      for x in raw["image"]]
+            out.update(self.image_processor(images, return_tensors=framework))
+        if self.feature_extractor is not None:
+            from edgemm.runtime.preprocess.audio import load_audio
+
+            rate = self.feature_extractor.sampling_rate
+            waves = [load_audio(x, target_rate=rate, max_seconds=60.0) for x in raw["audio"]]
+            out.update(self.feature_extractor(waves, sampling_rate=rate, padding=True, return_tensors=framework))
+        return {k: v for k, v in out.items() if k in self.input_names}
+
+
 def _load_model(checkpoint: Path) -> Any:
     from edgemm.models.model import FusionModel
 
@@ -92,13 +136,41 @@ def _load_model(checkpoint: Path) -> Any:
     return FusionModel.from_pretrained(checkpoint).eval()
 
 
+class _TransformersForward:
+    """A Hugging Face ``*For…`` model called with keyword tensors, returning ``{output: tensor}``
+    like a FusionModel (``logits`` is what every classification head returns)."""
+
+    def __init__(self, model: Any, output: str):
+        self.model, self.output = model, output
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        result = self.model(**inputs)
+        return {self.output: getattr(result, "logits", None) if self.output not in result else result[self.output]}
+
+
+def _load_transformers(checkpoint: Path, bundle_manifest: Any) -> tuple[Any, Any, str]:
+    """(model, preprocessing, output name) of a Hugging Face checkpoint directory."""
+    import transformers as tf
+
+    from edgemm.models.specs.hf import architecture
+
+    name = architecture(checkpoint)
+    model_class = getattr(tf, name, None)
+    if model_class is None:
+        raise UsageError(f"transformers has no class {name} for the peers.", hint="Run the bench with --peers none.")
+    model = model_class.from_pretrained(checkpoint, local_files_only=True).eval()
+    preprocess = TransformersPreprocessing(checkpoint, [t.name for t in bundle_manifest.inputs],
+                                           list(bundle_manifest.modalities))
+    return model, preprocess, bundle_manifest.primary_output
+
+
 class TorchEager(Contender):
     """The FusionModel in PyTorch eager mode."""
 
     kind = "peer"
 
     def __init__(self, checkpoint: Path, *, device: str = "cpu", threads: int | None = None, fp16: bool = False,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, bundle: Path | None = None):
         torch = require("torch", purpose="PyTorch peers")
         if threads:
             torch.set_num_threads(threads)
@@ -106,19 +178,30 @@ class TorchEager(Contender):
             raise UsageError("torch-eager-fp16 needs a CUDA device.", hint="Use torch-eager on the CPU.")
         start = time.perf_counter()
         self.torch = torch
-        self.net = _load_model(checkpoint).to(device)
-        if fp16:
-            self.net = self.net.half()
+        if bundle is not None and is_transformers_checkpoint(Path(checkpoint)):
+            from edgemm.bundle.verify import verify_bundle
+
+            model, self.preprocess, self.output = _load_transformers(Path(checkpoint), verify_bundle(bundle))
+            self.net = model.to(device)
+            if fp16:
+                self.net = self.net.half()
+            self.forward = _TransformersForward(self.net, self.output)
+        else:
+            self.net = _load_model(checkpoint).to(device)
+            if fp16:
+                self.net = self.net.half()
+            self.preprocess = HFPreprocessing(self.net.processors, self.net.config, self.net.input_names())
+            self.output = self.net.output_names()[0]
+            self.forward = self.net
         self.dtype = torch.float16 if fp16 else torch.float32
         self.device = device
         self.precision = "fp16" if fp16 else "fp32"
-        self.preprocess = HFPreprocessing(self.net.processors, self.net.config, self.net.input_names())
-        self.output = self.net.output_names()[0]
-        self.forward = self.net
         self.name = "torch-eager" + ("-fp16" if fp16 else "")
         self.info: dict[str, Any] = {"runtime": f"torch {torch.__version__} eager", "threads": torch.get_num_threads()}
         if compile_mode is not None:
-            self.forward = torch.compile(self.net, mode=compile_mode)
+            compiled = torch.compile(self.net, mode=compile_mode)
+            self.forward = (_TransformersForward(compiled, self.output) if isinstance(self.forward, _TransformersForward)
+                            else compiled)
             self.name = "torch-compile"
             self.info["runtime"] = f"torch {torch.__version__} compile(mode={compile_mode})"
         self.info["load_s"] = time.perf_counter() - start
@@ -182,12 +265,16 @@ class OptimumPipeline(Contender):
         self.ort_model = ORTModelForCustomTasks.from_pretrained(
             self._dir, file_name=Path(fp32.path).name, provider=provider, session_options=session_options,
             local_files_only=True)
-        from edgemm.models.config import FusionConfig
-        from edgemm.models.processors import Processors
+        if is_transformers_checkpoint(Path(checkpoint)):
+            self.preprocess = TransformersPreprocessing(Path(checkpoint), [t.name for t in manifest.inputs],
+                                                        list(manifest.modalities))
+        else:
+            from edgemm.models.config import FusionConfig
+            from edgemm.models.processors import Processors
 
-        config = FusionConfig.load(Path(checkpoint))
-        self.preprocess = HFPreprocessing(Processors.load(Path(checkpoint), config), config,
-                                          [t.name for t in manifest.inputs])
+            config = FusionConfig.load(Path(checkpoint))
+            self.preprocess = HFPreprocessing(Processors.load(Path(checkpoint), config), config,
+                                              [t.name for t in manifest.inputs])
         self.output = manifest.primary_output
         self.device = device
         self.info = {"runtime": "optimum ORTModelForCustomTasks", "provider": provider,
@@ -214,11 +301,11 @@ class OptimumPipeline(Contender):
 def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads: int | None) -> Any:
     """Instantiate one peer by name."""
     if name == "torch-eager":
-        return TorchEager(checkpoint, device=device, threads=threads)
+        return TorchEager(checkpoint, device=device, threads=threads, bundle=bundle)
     if name == "torch-eager-fp16":
-        return TorchEager(checkpoint, device=device, threads=threads, fp16=True)
+        return TorchEager(checkpoint, device=device, threads=threads, fp16=True, bundle=bundle)
     if name == "torch-compile":
-        return TorchEager(checkpoint, device=device, threads=threads,
+        return TorchEager(checkpoint, device=device, threads=threads, bundle=bundle,
                           compile_mode="reduce-overhead" if device == "cuda" else "default")
     if name == "optimum":
         return OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
@@ -244,7 +331,7 @@ def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str, thr
     for module in ("torch", "transformers") if kind == "torch-eager" else ("torch", "transformers", "optimum.onnxruntime"):
         importlib.import_module(module)  # the imports are part of what is measured
     t1 = time.perf_counter()
-    peer = TorchEager(checkpoint, device=device, threads=threads) if kind == "torch-eager" else \
+    peer = TorchEager(checkpoint, device=device, threads=threads, bundle=bundle) if kind == "torch-eager" else \
         OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
     t2 = time.perf_counter()
     batch = {m: [v] for m, v in request.items()}

@@ -113,11 +113,20 @@ def plan_repository(root: Path, manifest: Manifest, options: TritonSection) -> P
     Raises:
         UnsupportedArtifactError: A selected artifact's kind has no Triton backend here, or a
             similarity bundle's selected artifact is not ONNX.
-        UnsupportedForTritonError: The bundle's tensors have no single shared batch axis, or a graph
-            tensor is named like one of the ensembles' own tensors.
+        UnsupportedForTritonError: The bundle's tensors have no single shared batch axis, a graph
+            tensor is named like one of the ensembles' own tensors, or it is a token-classification
+            bundle (its entities need the request's text).
         UsageError: An artifact is selected twice, or a batching option does not fit the bundle.
         BundleError: A selected artifact is not in the bundle.
     """
+    if manifest.task == "token_classification":
+        # Entities are words with character offsets: the ensemble's postprocess model sees the
+        # logits but not the request's text, so it would answer with no entities at all.
+        raise UnsupportedForTritonError(
+            "Token-classification bundles are not served through Triton yet: the ensemble's postprocessing "
+            "does not see the request's text, which the entities' words and offsets come from.",
+            hint="Serve it with `edgemm serve`, or run its ONNX artifact in Triton yourself and group the "
+                 "tokens with edgemm.runtime.entities.")
     artifacts = _select_artifacts(manifest, options)
     # Similarity bundles score each image against its own candidate texts: the texts have an
     # axis of their own, so there is no shared batch axis and one Python model serves them.
