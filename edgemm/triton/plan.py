@@ -45,6 +45,7 @@ class Plan:
         name: The models' base name (``--name``, else the bundle's name sanitised).
         artifacts: The selected artifacts; the first is the one the ensembles run.
         similarity: An image–text similarity bundle (one unbatched Python model, no ensembles).
+        entities: A token-classification bundle (one unbatched Python model, no ensembles).
         batch_axis: The name of the shared leading axis (``""`` for similarity bundles).
         max_batch: Triton ``max_batch_size`` (0 for similarity bundles).
         preferred: The dynamic batcher's preferred batch sizes.
@@ -57,6 +58,7 @@ class Plan:
     name: str
     artifacts: tuple[Artifact, ...]
     similarity: bool
+    entities: bool
     batch_axis: str
     max_batch: int
     preferred: tuple[int, ...]
@@ -112,27 +114,21 @@ def plan_repository(root: Path, manifest: Manifest, options: TritonSection) -> P
 
     Raises:
         UnsupportedArtifactError: A selected artifact's kind has no Triton backend here, or a
-            similarity bundle's selected artifact is not ONNX.
-        UnsupportedForTritonError: The bundle's tensors have no single shared batch axis, a graph
-            tensor is named like one of the ensembles' own tensors, or it is a token-classification
-            bundle (its entities need the request's text).
+            similarity or token-classification bundle's selected artifact is not ONNX.
+        UnsupportedForTritonError: The bundle's tensors have no single shared batch axis, or a graph
+            tensor is named like one of the ensembles' own tensors.
         UsageError: An artifact is selected twice, or a batching option does not fit the bundle.
         BundleError: A selected artifact is not in the bundle.
     """
-    if manifest.task == "token_classification":
-        # Entities are words with character offsets: the ensemble's postprocess model sees the
-        # logits but not the request's text, so it would answer with no entities at all.
-        raise UnsupportedForTritonError(
-            "Token-classification bundles are not served through Triton yet: the ensemble's postprocessing "
-            "does not see the request's text, which the entities' words and offsets come from.",
-            hint="Serve it with `edgemm serve`, or run its ONNX artifact in Triton yourself and group the "
-                 "tokens with edgemm.runtime.entities.")
     artifacts = _select_artifacts(manifest, options)
     # Similarity bundles score each image against its own candidate texts: the texts have an
     # axis of their own, so there is no shared batch axis and one Python model serves them.
+    # Token-classification bundles answer with words and character offsets in the request's
+    # text, which an ensemble's postprocess model never sees: one Python model serves them too.
     similarity = manifest.task == "image_text_similarity"
-    if similarity:
-        _check_similarity(artifacts[0], options)
+    entities = manifest.task == "token_classification"
+    if similarity or entities:
+        _check_one_python_model("Similarity" if similarity else "Token-classification", artifacts[0], options)
         batch_axis, max_batch, preferred = "", 0, ()
     else:
         batch_axis = _batch_axis(manifest)
@@ -140,7 +136,8 @@ def plan_repository(root: Path, manifest: Manifest, options: TritonSection) -> P
         max_batch = _max_batch(manifest, options)
         preferred = _preferred(options, max_batch)
     return Plan(root=root, manifest=manifest, options=options, name=options.name or sanitize(manifest.name),
-                artifacts=artifacts, similarity=similarity, batch_axis=batch_axis, max_batch=max_batch,
+                artifacts=artifacts, similarity=similarity, entities=entities, batch_axis=batch_axis,
+                max_batch=max_batch,
                 preferred=preferred, golden=_golden(root, manifest, options))
 
 
@@ -164,14 +161,15 @@ def _select_artifacts(manifest: Manifest, options: TritonSection) -> tuple[Artif
     return tuple(chosen)
 
 
-def _check_similarity(primary: Artifact, options: TritonSection) -> None:
+def _check_one_python_model(kind: str, primary: Artifact, options: TritonSection) -> None:
     if primary.kind not in ONNX_KINDS:
         raise UnsupportedArtifactError(
-            f"Similarity bundles run on Triton through edgemm's Predictor, which takes an ONNX artifact; "
+            f"{kind} bundles run on Triton through edgemm's Predictor, which takes an ONNX artifact; "
             f"{primary.name!r} is {primary.kind}.",
             hint="Select an ONNX artifact with --artifact.")
     if options.max_batch_size is not None or options.preferred_batch_sizes is not None:
-        raise UsageError("Similarity bundles are not batched by Triton (each request has its own candidate texts).",
+        raise UsageError(f"{kind} bundles are not batched by Triton (each request is answered on its own "
+                         "by edgemm's Predictor).",
                          hint="Drop --max-batch-size / --preferred-batch-sizes.")
 
 

@@ -44,7 +44,7 @@ from edgemm.errors import EdgemmError, InvalidInputError
 
 log = logging.getLogger("edgemm.triton")
 
-ROLES = ("preprocess", "model", "postprocess", "similarity")
+ROLES = ("preprocess", "model", "postprocess", "similarity", "entities")
 BUNDLE_DIR = "bundle"
 # Raw-input tensor names of the preprocess model (and the ensemble), per modality.
 RAW_INPUTS = {"text": "TEXT", "image": "IMAGE", "audio": "AUDIO"}
@@ -58,10 +58,11 @@ def model_class(role: str, pb_utils: ModuleType) -> type:
     """The ``TritonPythonModel`` class for ``role``, bound to Triton's ``pb_utils`` module.
 
     Args:
-        role: ``"preprocess"``, ``"model"``, ``"postprocess"`` or ``"similarity"``.
+        role: ``"preprocess"``, ``"model"``, ``"postprocess"``, ``"similarity"`` or ``"entities"``.
         pb_utils: ``triton_python_backend_utils`` (or a stand-in in tests).
     """
-    classes = {"preprocess": _Preprocess, "model": _OnnxModel, "postprocess": _Postprocess, "similarity": _Similarity}
+    classes = {"preprocess": _Preprocess, "model": _OnnxModel, "postprocess": _Postprocess, "similarity": _Similarity,
+               "entities": _Entities}
     if role not in classes:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     return type("TritonPythonModel", (classes[role],), {"pb_utils": pb_utils})
@@ -280,8 +281,8 @@ class _Postprocess(_Base):
         return responses
 
 
-class _Similarity(_PerRequest):
-    """Image–text similarity: one image and its candidate texts per request, through the Predictor."""
+class _WithPredictor(_PerRequest):
+    """Roles that answer each request with edgemm's Predictor on the whole bundle."""
 
     def _setup(self, args: dict[str, str]) -> None:
         from edgemm.runtime.predictor import Predictor
@@ -290,11 +291,30 @@ class _Similarity(_PerRequest):
         threads = int(self.params["threads"]) if self.params.get("threads") else None
         self.predictor = Predictor.load(self.root, device=device, artifact=self.params.get("artifact") or None,
                                         threads=threads)
-        log.info("edgemm similarity model %s: artifact %s on %s", args.get("model_name"),
-                 self.predictor.artifact.name, self.predictor.device)
+        log.info("edgemm %s model %s: artifact %s on %s", type(self).__mro__[1].__name__.strip("_").lower(),
+                 args.get("model_name"), self.predictor.artifact.name, self.predictor.device)
 
     def finalize(self) -> None:
         self.predictor.close()
+
+
+class _Entities(_WithPredictor):
+    """Token classification: one text per request → its entities (words with character offsets)."""
+
+    def _one(self, request: Any) -> Any:
+        array = self._input(request, RAW_INPUTS["text"])
+        texts = [] if array is None else [_item("text", v) for v in array.reshape(-1)]
+        if len(texts) != 1 or texts[0] is None:
+            raise InvalidInputError(f"{RAW_INPUTS['text']} must hold exactly one non-empty text; "
+                                    f"it holds {len(texts)} element(s).", hint="Send one request per text.")
+        prediction = self.predictor.predict(text=texts[0])
+        document = json.dumps(prediction.to_dict(), ensure_ascii=False).encode("utf-8")
+        return self.pb_utils.InferenceResponse(output_tensors=[
+            self.pb_utils.Tensor(PREDICTION, np.array([document], dtype=object))])
+
+
+class _Similarity(_WithPredictor):
+    """Image–text similarity: one image and its candidate texts per request, through the Predictor."""
 
     def _one(self, request: Any) -> Any:
         image, texts = self._input(request, RAW_INPUTS["image"]), self._input(request, CANDIDATES)

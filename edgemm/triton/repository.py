@@ -14,7 +14,9 @@ Layout (``N`` = the model name, ``V`` = the version, default 1)::
 
 An image–text similarity bundle (each image scored against its own candidate texts, so no shared
 batch axis) instead gets one Python-backend model ``N``: IMAGE (BYTES [1]) + TEXTS (BYTES [n]) →
-SCORES (FP32 [n]), LABEL, PREDICTION, running edgemm's Predictor on the whole bundle.
+SCORES (FP32 [n]), LABEL, PREDICTION, running edgemm's Predictor on the whole bundle; a
+token-classification bundle (entities are words and character offsets in the request's text,
+which an ensemble's postprocessing never sees) gets one too: TEXT (BYTES [1]) → PREDICTION.
 
 Every Python model carries the bundle files it reads under ``V/bundle/`` (with the bundle's
 ``edgemm.json``) and hash-checks them at load; its ``model.py`` imports ``edgemm``, which must be
@@ -50,7 +52,7 @@ from edgemm.triton.naming import check_name, model_name
 from edgemm.triton.plan import ONNX_KINDS, Plan, plan_repository
 from edgemm.triton.provenance import write_provenance
 from edgemm.triton.python_backend import write_postprocess, write_preprocess, write_python_model
-from edgemm.triton.similarity import write_similarity_model
+from edgemm.triton.similarity import write_entities_model, write_similarity_model
 from edgemm.triton.writer import ModelWriter
 
 log = logging.getLogger("edgemm.triton")
@@ -141,6 +143,8 @@ def _write(plan: Plan, staging: Path) -> RepositoryReport:
     python = None
     if plan.similarity:
         write_similarity_model(plan, writer, plan.primary)
+    elif plan.entities:
+        write_entities_model(plan, writer, plan.primary)
     else:
         models = {art.name: write_backend_model(plan, writer, art) for art in plan.artifacts}
         pre = write_preprocess(plan, writer)

@@ -1,9 +1,10 @@
-"""The one model of an image–text similarity repository.
+"""The one model of a repository that Triton cannot batch: edgemm's Predictor per request.
 
-Each request scores one image against its own candidate texts, which have an axis of their own:
-there is no shared batch axis for Triton's batcher, so one unbatched Python-backend model runs
-edgemm's Predictor on the whole bundle: IMAGE (BYTES [1]) + TEXTS (BYTES [n]) → SCORES (FP32 [n]),
-LABEL, PREDICTION.
+* Image–text similarity: each request scores one image against its own candidate texts, which
+  have an axis of their own, so there is no shared batch axis for Triton's batcher: IMAGE (BYTES
+  [1]) + TEXTS (BYTES [n]) → SCORES (FP32 [n]), LABEL, PREDICTION.
+* Token classification: the answer is words with character offsets in the request's text, which
+  an ensemble's postprocess model never sees: TEXT (BYTES [1]) → PREDICTION (its ``entities``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from edgemm.triton.python_backend import model_parameters, python_config
 from edgemm.triton.python_models import CANDIDATES, LABEL, PREDICTION, RAW_INPUTS, SCORES
 from edgemm.triton.writer import ModelWriter
 
-__all__ = ["write_similarity_model"]
+__all__ = ["write_entities_model", "write_similarity_model"]
 
 
 def write_similarity_model(plan: Plan, writer: ModelWriter, art: Artifact) -> str:
@@ -44,4 +45,28 @@ def write_similarity_model(plan: Plan, writer: ModelWriter, art: Artifact) -> st
         parameters=model_parameters(plan, art))
     writer.save(model_dir, config, role="similarity (python backend, edgemm Predictor inside)", artifact=art.name,
                 backend="python")
+    return model_dir.name
+
+
+def write_entities_model(plan: Plan, writer: ModelWriter, art: Artifact) -> str:
+    """Write the token-classification model ``N``: TEXT → PREDICTION (entities) through the Predictor.
+
+    Args:
+        plan: The repository plan (of a token-classification bundle).
+        writer: The repository's writer.
+        art: The ONNX artifact the Predictor runs.
+
+    Returns:
+        The model's name (the base name ``N``).
+
+    Raises:
+        UsageError: The model's name is unusable.
+        BundleError: A bundle file changed while it was copied.
+        ModelConfigError: The generated config is invalid (a bug).
+    """
+    model_dir = writer.python_model_dir(plan.name, "entities", [entry.path for entry in plan.manifest.files])
+    config = python_config(plan, model_dir, max_batch=0, inputs=[typed_tensor(RAW_INPUTS["text"], "bytes", [1])],
+                           outputs=[typed_tensor(PREDICTION, "bytes", [1])], parameters=model_parameters(plan, art))
+    writer.save(model_dir, config, role="token classification (python backend, edgemm Predictor inside)",
+                artifact=art.name, backend="python")
     return model_dir.name

@@ -13,8 +13,6 @@ import transformers as tf
 from edgemm.bundle.verify import verify_bundle
 from edgemm.runtime.predictor import Predictor
 from edgemm.runtime.semantics import semantic_problems
-from edgemm.triton import write_repository
-from edgemm.triton.errors import UnsupportedForTritonError
 from tests.conftest import run_edge
 from tests.models.hf_text_builders import ARCHITECTURES, INPUTS, NER_LABELS, export_cli, save_model
 from tests.serve.conftest import start_server, stop_server
@@ -80,7 +78,17 @@ def test_ner_predict_cli_is_torch_free(tmp_path):
                [(e["entity_group"], e["start"], e["end"]) for e in want]
     finally:
         stop_server(srv)
-    # Triton's ensemble would answer without the text: refused by name, nothing written.
-    with pytest.raises(UnsupportedForTritonError, match="Token-classification"):
-        write_repository(tmp_path / "bundle", tmp_path / "triton")
-    assert not (tmp_path / "triton").exists()
+
+
+def test_real_minilm_ner_model_matches_pipeline(tmp_path, minilm_dir):
+    """The real all-MiniLM-L6-v2 encoder with a seeded token-classification head."""
+    folder = tmp_path / "minilm-ner"
+    tf.set_seed(0)
+    model = tf.BertForTokenClassification.from_pretrained(
+        minilm_dir, num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
+        label2id={label: i for i, label in enumerate(NER_LABELS)})
+    model.save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    export_cli(folder, tmp_path / "bundle")
+    assert verify_bundle(tmp_path / "bundle").task == "token_classification"
+    _check_against_pipeline(folder, tmp_path / "bundle")
