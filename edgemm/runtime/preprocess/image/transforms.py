@@ -241,6 +241,17 @@ def _prepare_one(image: Image.Image, recipe: ImageRecipe, what: str) -> np.ndarr
     return pixels
 
 
+def _image_list(images: Any, who: str) -> list[Any]:
+    """One picture, a ``[B, H, W, C]`` array or a sequence of pictures → a non-empty list."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        images = list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
+        raise InvalidInputError(f"{who} needs a non-empty list of images.", hint="Decode inputs with decode_image first.")
+    return list(images)
+
+
 def preprocess_images(
     images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any]
 ) -> np.ndarray:
@@ -273,15 +284,7 @@ def preprocess_images(
         BundleError: The config is malformed.
     """
     recipe = parse_image_section(config)
-    if isinstance(images, Image.Image):
-        images = [images]
-    elif isinstance(images, np.ndarray):
-        images = list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
-        raise InvalidInputError(
-            "preprocess_images needs a non-empty list of images.",
-            hint="Decode inputs with decode_image first.",
-        )
+    images = _image_list(images, "preprocess_images")
 
     prepared: list[np.ndarray] = []
     for index, item in enumerate(images):
@@ -339,12 +342,7 @@ def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, 
         raise _config_error(f"pad_to_batch_max must be true with a mask_input naming the pixel-mask input, got "
                             f"{pad!r} / {mask_name!r}.")
     recipe = parse_image_section(config)
-    if isinstance(images, Image.Image):
-        images = [images]
-    elif isinstance(images, np.ndarray):
-        images = list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
-        raise InvalidInputError("image_feed needs a non-empty list of images.", hint="Decode inputs with decode_image first.")
+    images = _image_list(images, "image_feed")
     pictures = []
     for index, item in enumerate(images):
         if isinstance(item, np.ndarray):
