@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from edgemm.bundle.manifest import TensorSpec
-from edgemm.errors import UnsupportedModelError, UsageError
+from edgemm.errors import UnsupportedModelError
 from edgemm.models.encoders import check_weights_format
 from edgemm.models.processors import TOKENIZER_FILE, text_section, tokenizer_json
 from edgemm.models.spec import ExportSpec, LoadedModel, ShapeCase, Tolerance, register_family
 from edgemm.models.specs.common import BATCH_RANGE, POSTPROCESSING, image_input, tree_sha256
-from edgemm.models.specs.hf import architecture, require_fast_tokenizer, supports
+from edgemm.models.specs.hf import architecture, supports
+from edgemm.models.specs.hf_heads import load_text_image_processors
 from edgemm.runtime.preprocess.image import image_preprocessing_from_hf
 
 FAMILY = "blip"
@@ -50,15 +51,7 @@ class BlipMatch(nn.Module):
 
 def _processors(path: Path) -> tuple[Any, dict[str, Any]]:
     """The fast tokenizer and the image section of a BLIP directory (offline)."""
-    import transformers as tf
-
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
-        image_processor = tf.AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} has no readable BLIP processor: {str(exc).splitlines()[0][:300]}",
-                         hint=_PROCESSOR_HINT) from exc
-    require_fast_tokenizer(tokenizer, path)
+    tokenizer, image_processor = load_text_image_processors(path, "BLIP", _PROCESSOR_HINT)
     return tokenizer, image_preprocessing_from_hf(image_processor.to_dict())
 
 

@@ -14,7 +14,7 @@ from edgemm.errors import CheckpointError, UsageError
 from edgemm.models.encoders import check_weights_format
 from edgemm.models.spec import Tolerance
 from edgemm.models.specs.common import tree_sha256
-from edgemm.models.specs.hf import architecture
+from edgemm.models.specs.hf import architecture, require_fast_tokenizer
 
 # Parity of a classification head against PyTorch: the pipeline comparison asks for 1e-4 in the
 # scores, so the logits may not drift more than that either.
@@ -90,3 +90,22 @@ def load_processor(kind: str, path: Path) -> Any:
         raise UsageError(f"{path} has no usable {what} (preprocessor_config.json): {str(exc).strip()[:200]}",
                          hint=f"Save it next to the model: {what.replace(' ', '_')}.save_pretrained(DIR) "
                               "(the one you trained with), then export again.") from exc
+
+
+def load_text_image_processors(path: Path, what: str, hint: str) -> tuple[Any, Any]:
+    """The fast tokenizer and the slow image processor of a text + image directory, offline.
+
+    Raises:
+        UsageError: Either cannot be read (the message names ``what``, e.g. ``"ViLT"``, and
+            carries ``hint``), or the tokenizer is not a fast one.
+    """
+    import transformers as tf
+
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+        image_processor = tf.AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} has no readable {what} processor: {str(exc).splitlines()[0][:300]}",
+                         hint=hint) from exc
+    require_fast_tokenizer(tokenizer, path)
+    return tokenizer, image_processor

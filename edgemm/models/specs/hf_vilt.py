@@ -32,12 +32,13 @@ import torch
 from torch import nn
 
 from edgemm.bundle.manifest import TensorSpec
-from edgemm.errors import UnsupportedModelError, UsageError
+from edgemm.errors import UnsupportedModelError
 from edgemm.models.encoders import check_weights_format
 from edgemm.models.processors import TOKENIZER_FILE, text_section, tokenizer_json
 from edgemm.models.spec import ExportSpec, LoadedModel, ShapeCase, Tolerance, register_family
 from edgemm.models.specs.common import BATCH_RANGE, POSTPROCESSING, tree_sha256
-from edgemm.models.specs.hf import architecture, require_fast_tokenizer, supports
+from edgemm.models.specs.hf import architecture, supports
+from edgemm.models.specs.hf_heads import load_text_image_processors
 from edgemm.runtime.preprocess.image import image_preprocessing_from_hf
 
 FAMILY = "vilt"
@@ -116,15 +117,7 @@ class ViltHead(nn.Module):
 
 def _processors(path: Path) -> tuple[Any, dict[str, Any]]:
     """The fast tokenizer and the image section of a ViLT directory (offline)."""
-    import transformers as tf
-
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
-        image_processor = tf.AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} has no readable ViLT processor: {str(exc).splitlines()[0][:300]}",
-                         hint=_PROCESSOR_HINT) from exc
-    require_fast_tokenizer(tokenizer, path)
+    tokenizer, image_processor = load_text_image_processors(path, "ViLT", _PROCESSOR_HINT)
     section = image_preprocessing_from_hf(image_processor.to_dict())
     resize = section.get("resize")
     if not section.get("pad_to_batch_max") or not resize or resize.get("mode") != "shortest_edge_divisor":
