@@ -22,10 +22,35 @@ __all__ = ["write_entities_model", "write_similarity_model"]
 def write_similarity_model(plan: Plan, writer: ModelWriter, art: Artifact) -> str:
     """Write the similarity model ``N``: IMAGE + TEXTS → SCORES, LABEL, PREDICTION through the Predictor.
 
+    Args / Returns / Raises: as :func:`_write_predictor_model`.
+    """
+    return _write_predictor_model(
+        plan, writer, art, "similarity",
+        inputs=[typed_tensor(RAW_INPUTS["image"], "bytes", [1]), typed_tensor(CANDIDATES, "bytes", [-1])],
+        outputs=[typed_tensor(SCORES, "float32", [-1]), typed_tensor(LABEL, "bytes", [1]),
+                 typed_tensor(PREDICTION, "bytes", [1])])
+
+
+def write_entities_model(plan: Plan, writer: ModelWriter, art: Artifact) -> str:
+    """Write the token-classification model ``N``: TEXT → PREDICTION (entities) through the Predictor.
+
+    Args / Returns / Raises: as :func:`_write_predictor_model`.
+    """
+    return _write_predictor_model(plan, writer, art, "entities",
+                                  inputs=[typed_tensor(RAW_INPUTS["text"], "bytes", [1])],
+                                  outputs=[typed_tensor(PREDICTION, "bytes", [1])])
+
+
+def _write_predictor_model(plan: Plan, writer: ModelWriter, art: Artifact, role: str, *,
+                           inputs: list[dict], outputs: list[dict]) -> str:
+    """Write the one unbatched Python model ``N`` of ``role`` running edgemm's Predictor.
+
     Args:
-        plan: The repository plan (of a similarity bundle).
+        plan: The repository plan.
         writer: The repository's writer.
         art: The ONNX artifact the Predictor runs.
+        role: ``"similarity"`` or ``"entities"`` (a role of the Python models).
+        inputs / outputs: The model's tensors.
 
     Returns:
         The model's name (the base name ``N``).
@@ -36,37 +61,9 @@ def write_similarity_model(plan: Plan, writer: ModelWriter, art: Artifact) -> st
         ModelConfigError: The generated config is invalid (a bug).
     """
     # The Predictor checks the whole bundle's structure, so the whole bundle goes along.
-    model_dir = writer.python_model_dir(plan.name, "similarity", [entry.path for entry in plan.manifest.files])
-    config = python_config(
-        plan, model_dir, max_batch=0,
-        inputs=[typed_tensor(RAW_INPUTS["image"], "bytes", [1]), typed_tensor(CANDIDATES, "bytes", [-1])],
-        outputs=[typed_tensor(SCORES, "float32", [-1]), typed_tensor(LABEL, "bytes", [1]),
-                 typed_tensor(PREDICTION, "bytes", [1])],
-        parameters=model_parameters(plan, art))
-    writer.save(model_dir, config, role="similarity (python backend, edgemm Predictor inside)", artifact=art.name,
+    model_dir = writer.python_model_dir(plan.name, role, [entry.path for entry in plan.manifest.files])
+    config = python_config(plan, model_dir, max_batch=0, inputs=inputs, outputs=outputs,
+                           parameters=model_parameters(plan, art))
+    writer.save(model_dir, config, role=f"{role} (python backend, edgemm Predictor inside)", artifact=art.name,
                 backend="python")
-    return model_dir.name
-
-
-def write_entities_model(plan: Plan, writer: ModelWriter, art: Artifact) -> str:
-    """Write the token-classification model ``N``: TEXT → PREDICTION (entities) through the Predictor.
-
-    Args:
-        plan: The repository plan (of a token-classification bundle).
-        writer: The repository's writer.
-        art: The ONNX artifact the Predictor runs.
-
-    Returns:
-        The model's name (the base name ``N``).
-
-    Raises:
-        UsageError: The model's name is unusable.
-        BundleError: A bundle file changed while it was copied.
-        ModelConfigError: The generated config is invalid (a bug).
-    """
-    model_dir = writer.python_model_dir(plan.name, "entities", [entry.path for entry in plan.manifest.files])
-    config = python_config(plan, model_dir, max_batch=0, inputs=[typed_tensor(RAW_INPUTS["text"], "bytes", [1])],
-                           outputs=[typed_tensor(PREDICTION, "bytes", [1])], parameters=model_parameters(plan, art))
-    writer.save(model_dir, config, role="token classification (python backend, edgemm Predictor inside)",
-                artifact=art.name, backend="python")
     return model_dir.name
