@@ -11,6 +11,7 @@ from edgemm._deps import require_all
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
 from edgemm.fsio import check_output_dir, read_bounded
+from edgemm.recipes import available_recipes
 
 log = logging.getLogger("edgemm.export")
 
@@ -43,7 +44,9 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--spec", "spec_ref", metavar="MODULE:FACTORY", help="Your own nn.Module: a factory returning (module, ExportSpec).")
-@click.option("--target", default="default", show_default=True, metavar="NAME|PATH", help="Export recipe (export/*.toml).")
+@click.option("--target", default="default", show_default=True, metavar="NAME|PATH",
+              help=f"Export recipe: {', '.join(available_recipes())}; or the path of a recipe .toml of your own "
+                   "(README, 'Targets, precision variants and the accuracy gate').")
 @click.option("--labels", metavar="A,B,…",
               help="Zero-shot directories (CLIP, SigLIP, Chinese-CLIP, VisionTextDualEncoder, CLAP): fixed labels "
                    "(the text tower runs at export); classifiers: names for the head's outputs, in order.")

@@ -48,6 +48,17 @@ def test_help_is_fast_and_torch_free(command):
     assert guard["modules"] == [] and guard["sockets"] == 0
 
 
+def test_export_help_names_every_target():
+    from edgemm.recipes import available_recipes
+
+    code, out, err, _ = run_edge("export", "--help")
+    assert code == 0, err
+    text = " ".join(out.split()).replace("- ", "-")  # click wraps the help, also after hyphens
+    names = available_recipes()
+    assert {"default", "cpu-kiosk", "desktop-gpu", "jetson-orin-nano", "jetson-orin-agx", "triton"} <= set(names)
+    assert all(name in text for name in names) and "export/*.toml" not in text
+
+
 def test_version():
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "edgemm" in result.output
