@@ -241,15 +241,36 @@ def _prepare_one(image: Image.Image, recipe: ImageRecipe, what: str) -> np.ndarr
     return pixels
 
 
-def _image_list(images: Any, who: str) -> list[Any]:
-    """One picture, a ``[B, H, W, C]`` array or a sequence of pictures → a non-empty list."""
+def _prepare_all(images: Any, recipe: Any, who: str) -> list[np.ndarray]:
+    """One picture, a ``[B, H, W, C]`` array or a sequence of pictures (PIL or arrays) → each
+    resized and cropped by ``recipe`` as ``[H, W, C]`` pixels (:func:`_prepare_one`)."""
     if isinstance(images, Image.Image):
         images = [images]
     elif isinstance(images, np.ndarray):
         images = list(images) if images.ndim == 4 else [images]
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
         raise InvalidInputError(f"{who} needs a non-empty list of images.", hint="Decode inputs with decode_image first.")
-    return list(images)
+    prepared = []
+    for index, item in enumerate(images):
+        if isinstance(item, np.ndarray):
+            item = array_to_image(item, f"Image array #{index}")
+        elif not isinstance(item, Image.Image):
+            raise InvalidInputError(f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
+                                    hint="Decode inputs with decode_image first.")
+        prepared.append(_prepare_one(item, recipe, f"Image #{index}"))
+    return prepared
+
+
+def _rescale_normalize(pixels: np.ndarray, recipe: Any) -> np.ndarray:
+    """Channels-last pixels → float32 values, with the same dtypes and operation order as
+    transformers' rescale and normalize, so results match the slow processors bit for bit."""
+    if recipe.rescale_factor is not None:
+        values = (pixels.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
+    else:
+        values = pixels.astype(np.float32)
+    if recipe.mean is not None and recipe.std is not None:
+        values = (values - recipe.mean) / recipe.std
+    return values
 
 
 def preprocess_images(
@@ -284,18 +305,7 @@ def preprocess_images(
         BundleError: The config is malformed.
     """
     recipe = parse_image_section(config)
-    images = _image_list(images, "preprocess_images")
-
-    prepared: list[np.ndarray] = []
-    for index, item in enumerate(images):
-        if isinstance(item, np.ndarray):
-            item = array_to_image(item, f"Image array #{index}")
-        elif not isinstance(item, Image.Image):
-            raise InvalidInputError(
-                f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
-                hint="Decode inputs with decode_image first.",
-            )
-        prepared.append(_prepare_one(item, recipe, f"Image #{index}"))
+    prepared = _prepare_all(images, recipe, "preprocess_images")
 
     shapes = {p.shape[:2] for p in prepared}
     if len(shapes) > 1:
@@ -306,16 +316,7 @@ def preprocess_images(
             hint="Send images of equal size, or one image per request.",
         )
 
-    batch = np.stack(prepared)
-    # Same dtypes and operation order as transformers' rescale and normalize, so results match
-    # the slow processors bit for bit.
-    if recipe.rescale_factor is not None:
-        values = (batch.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
-    else:
-        values = batch.astype(np.float32)
-    if recipe.mean is not None and recipe.std is not None:
-        values = (values - recipe.mean) / recipe.std
-    return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(_rescale_normalize(np.stack(prepared), recipe).transpose(0, 3, 1, 2))
 
 
 def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any], *,
@@ -342,22 +343,7 @@ def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, 
         raise _config_error(f"pad_to_batch_max must be true with a mask_input naming the pixel-mask input, got "
                             f"{pad!r} / {mask_name!r}.")
     recipe = parse_image_section(config)
-    images = _image_list(images, "image_feed")
-    pictures = []
-    for index, item in enumerate(images):
-        if isinstance(item, np.ndarray):
-            item = array_to_image(item, f"Image array #{index}")
-        elif not isinstance(item, Image.Image):
-            raise InvalidInputError(f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
-                                    hint="Decode inputs with decode_image first.")
-        pixels = _prepare_one(item, recipe, f"Image #{index}")
-        # The same dtypes and order as preprocess_images (transformers' rescale, then normalize).
-        if recipe.rescale_factor is not None:
-            values = (pixels.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
-        else:
-            values = pixels.astype(np.float32)
-        if recipe.mean is not None and recipe.std is not None:
-            values = (values - recipe.mean) / recipe.std
-        pictures.append(np.ascontiguousarray(values.transpose(2, 0, 1)))
+    pictures = [np.ascontiguousarray(_rescale_normalize(pixels, recipe).transpose(2, 0, 1))
+                for pixels in _prepare_all(images, recipe, "image_feed")]
     batch, mask = pad_to_batch_max(pictures, at_least=pad_to)
     return {config["input"]: batch, mask_name: mask}
