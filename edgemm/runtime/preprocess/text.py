@@ -13,11 +13,13 @@ special or not, its vocabulary string): token classification names its entities 
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +27,27 @@ from edgemm.errors import BundleError, InputTooLargeError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 4096
 SIDES = ("right", "left")
+
+# The per-text cache (see TextPreprocessor._row): at most this many entries and bytes; longer
+# texts are not cached (tokenizing them dwarfs the lookup, and they are rarely repeated).
+_CACHE_ENTRIES = 4096
+_CACHE_BYTES = 4 * 2**20
+_CACHE_MAX_CHARS = 1024
+
+
+class _Row(NamedTuple):
+    """One text's encoding without padding: int64 ids, attention mask, token type ids (the
+    last two only where the section feeds them)."""
+
+    ids: np.ndarray
+    mask: np.ndarray | None
+    types: np.ndarray | None
+
+
+def _row_bytes(key: tuple[str, int], row: _Row) -> int:
+    # What an entry keeps alive, roughly: the key string, the arrays and their headers.
+    arrays = sum(a.nbytes for a in row if a is not None)
+    return sys.getsizeof(key[0]) + arrays + 400
 
 
 def text_preprocessing(
@@ -147,6 +170,11 @@ class TokenAlignment:
 class TextPreprocessor:
     """Tokenizes a batch of strings into ``input_ids`` / ``attention_mask`` arrays.
 
+    Each text is encoded on its own (truncation configured once per length, no padding on the
+    Rust side) and padded in numpy exactly as the tokenizer pads a batch; encodings are cached
+    by text (bounded: 4096 texts of at most 1024 characters, 4 MiB), so repeated answers cost a
+    lookup. Safe to call from several threads.
+
     Args:
         bundle_dir: Directory the config's paths are relative to.
         config: The manifest's ``preprocessing["text"]`` section.
@@ -178,6 +206,11 @@ class TextPreprocessor:
         self._tokenizer.no_truncation()
         # Padding/truncation live on the shared Rust tokenizer: serialise callers (serve threads).
         self._lock = threading.Lock()
+        # The truncation length the tokenizer is configured with now (None: none); padding is
+        # never left on, so that single texts can be encoded (and cached) on their own.
+        self._truncation: int | None = None
+        self._rows: OrderedDict[tuple[str, int], _Row] = OrderedDict()
+        self._rows_bytes = 0
 
     @property
     def max_length(self) -> int:
@@ -203,15 +236,33 @@ class TextPreprocessor:
             InputTooLargeError: An item has more than ``max_chars`` characters.
         """
         cfg = self.config
-        clean = [check_text(t, max_chars=int(cfg["max_chars"])) for t in texts]
         limit = min(pad_to or max_length or self.max_length, self.max_length)
+        max_chars = int(cfg["max_chars"])
         with self._lock:
-            encodings = self._encode(clean, limit, pad_to)
-        feed = {cfg["input_ids"]: np.asarray([e.ids for e in encodings], dtype=np.int64)}
+            rows = [self._row(text, limit, max_chars) for text in texts]
+        # Padding as the tokenizer's own (``Encoding.pad``): pad id, mask 0 and pad type id, on
+        # the configured side, to the longest row or to the fixed length.
+        fixed = cfg["padding"] == "max_length" or pad_to is not None
+        width = (pad_to if pad_to is not None else limit) if fixed else max((len(r.ids) for r in rows), default=0)
+        left = cfg.get("padding_side", "right") == "left"
+        names = [(cfg["input_ids"], 0, int(cfg["pad_token_id"]))]
         if cfg.get("attention_mask"):
-            feed[cfg["attention_mask"]] = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            names.append((cfg["attention_mask"], 1, 0))
         if cfg.get("token_type_ids"):
-            feed[cfg["token_type_ids"]] = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
+            names.append((cfg["token_type_ids"], 2, int(cfg.get("pad_type_id", 0))))
+        feed: dict[str, np.ndarray] = {}
+        for name, field_index, pad in names:
+            if not rows:
+                feed[name] = np.zeros((0,), dtype=np.int64)  # what np.asarray([]) gave
+                continue
+            out = np.full((len(rows), width), pad, dtype=np.int64)
+            for i, row in enumerate(rows):
+                values = row[field_index]
+                if left:
+                    out[i, width - len(values):] = values
+                else:
+                    out[i, :len(values)] = values
+            feed[name] = out
         return feed
 
     def alignments(self, texts: list[Any], *, pad_to: int | None = None) -> list[TokenAlignment]:
@@ -247,9 +298,49 @@ class TextPreprocessor:
         decoder = self._tokenizer.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
+    def _row(self, text: Any, limit: int, max_chars: int) -> _Row:
+        """One text's unpadded ids, mask and type ids, truncated to ``limit`` (lock held).
+
+        A text's encoding does not depend on the rest of its batch (padding aside), so it is
+        cached: a kiosk tokenizes the same few answers all day. Only checked texts are stored,
+        under the same ``max_chars``, so a hit needs no second check.
+        """
+        if type(text) is str:
+            row = self._rows.get((text, limit))
+            if row is not None:
+                self._rows.move_to_end((text, limit))
+                return row
+        clean = check_text(text, max_chars=max_chars)
+        key = (clean, limit)
+        row = self._rows.get(key)
+        if row is not None:
+            self._rows.move_to_end(key)
+            return row
+        tok = self._tokenizer
+        if self._truncation != limit:
+            tok.enable_truncation(max_length=limit, stride=0, strategy="longest_first",
+                                  direction=self.config.get("truncation_side", "right"))
+            self._truncation = limit
+        encoding = tok.encode(clean)
+        cfg = self.config
+        row = _Row(np.asarray(encoding.ids, dtype=np.int64),
+                   np.asarray(encoding.attention_mask, dtype=np.int64) if cfg.get("attention_mask") else None,
+                   np.asarray(encoding.type_ids, dtype=np.int64) if cfg.get("token_type_ids") else None)
+        if len(clean) <= _CACHE_MAX_CHARS:
+            self._remember(key, row)
+        return row
+
+    def _remember(self, key: tuple[str, int], row: _Row) -> None:
+        self._rows[key] = row
+        self._rows_bytes += _row_bytes(key, row)
+        while self._rows_bytes > _CACHE_BYTES or len(self._rows) > _CACHE_ENTRIES:
+            old_key, old_row = self._rows.popitem(last=False)
+            self._rows_bytes -= _row_bytes(old_key, old_row)
+
     def _encode(self, clean: list[str], limit: int, pad_to: int | None) -> list[Any]:
         cfg = self.config
         tok = self._tokenizer
+        self._truncation = None  # reset below, whatever happens
         tok.enable_truncation(max_length=limit, stride=0, strategy="longest_first",
                               direction=cfg.get("truncation_side", "right"))
         fixed = cfg["padding"] == "max_length" or pad_to is not None

@@ -16,10 +16,12 @@ Only the standard library, numpy and Pillow are used here; this module runs on t
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -87,6 +89,21 @@ def allowed_formats(formats: Sequence[str]) -> tuple[str, ...]:
     """
     if isinstance(formats, str):
         formats = (formats,)
+    try:
+        key = tuple(formats)
+        hash(key)
+    except TypeError:
+        return _allowed_formats(formats)
+    return _allowed_formats_cached(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _allowed_formats_cached(formats: tuple[Any, ...]) -> tuple[str, ...]:
+    # Every request names its bundle's list again; the answer only changes with Pillow itself.
+    return _allowed_formats(formats)
+
+
+def _allowed_formats(formats: Sequence[Any]) -> tuple[str, ...]:
     Image.init()
     allowed: list[str] = []
     for raw in formats:
@@ -258,8 +275,12 @@ class PendingImage:
             raise RuntimeError("PendingImage.decode() was already called; open the image again.")
         return self._image
 
-    def decode(self) -> Image.Image:
+    def decode(self, *, detach: bool = True) -> Image.Image:
         """Decode the image: loaded, upright, 8-bit, reduced if asked, detached from the payload.
+
+        Args:
+            detach: ``False`` may leave the result attached to the payload buffer (one
+                full-size copy fewer), for a caller that drops it right after preprocessing.
 
         Returns:
             See :func:`decode_image`.
@@ -295,7 +316,7 @@ class PendingImage:
             if factor > 1:
                 seen = seen.reduce(factor)
         # Detach the result from the payload buffer the decoder may still hold.
-        return image.copy() if seen is image else seen
+        return image.copy() if seen is image and detach else seen
 
 
 def open_image(
@@ -428,6 +449,7 @@ def decode_image(
     formats: Sequence[str] = DEFAULT_FORMATS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     reduce_to: tuple[int, int] | None = None,
+    detach: bool = True,
 ) -> Image.Image:
     """Decode an untrusted image into a fully loaded PIL image.
 
@@ -448,9 +470,11 @@ def decode_image(
         reduce_to: For bytes and files: the ``(width, height)`` the caller resizes to; the
             image may then come back reduced, to no less than :data:`REDUCE_MARGIN` times it
             (see :func:`open_image`). ``None`` (default): the image as stored.
+        detach: ``False`` lets a decoded payload's image keep referring to the payload buffer
+            instead of being copied (see :meth:`PendingImage.decode`).
 
     Returns:
-        The loaded 8-bit image, upright, detached from any file.
+        The loaded 8-bit image, upright, detached from any file (unless ``detach`` is False).
 
     Raises:
         InputTooLargeError: More than ``max_bytes`` bytes or ``max_pixels`` pixels.
@@ -479,4 +503,4 @@ def decode_image(
         return array_to_image(source, "The image array")
     return open_image(
         source, max_pixels=max_pixels, formats=formats, max_bytes=max_bytes, reduce_to=reduce_to
-    ).decode()
+    ).decode(detach=detach)

@@ -244,6 +244,7 @@ def render(
     background: Sequence[int] | None,
     mode: str,
     what: str = "The image",
+    keep_grey: bool = False,
 ) -> Image.Image:
     """The opaque 8-bit picture a person sees, in the model's mode.
 
@@ -254,9 +255,12 @@ def render(
             alpha the way PIL's ``convert("RGB")`` does.
         mode: ``"RGB"`` or ``"L"``; a grey model gets the luma of the composited colour.
         what: How error messages name the image.
+        keep_grey: With ``mode`` ``"RGB"``, return an opaque grey picture as ``L`` instead of
+            converting it: its red, green and blue would all equal its grey, so a caller may
+            resize one band instead of three and read it for every channel.
 
     Returns:
-        An 8-bit image of ``mode`` without alpha.
+        An 8-bit image of ``mode`` (or ``L``, see ``keep_grey``) without alpha.
 
     Raises:
         InvalidInputError / UnsupportedMediaError: As :func:`eight_bit`.
@@ -269,4 +273,6 @@ def render(
         # (colour * a + background * (255 - a)) / 255.
         canvas.paste(source, mask=source)
         image = canvas
-    return image if image.mode == mode else image.convert(mode)
+    if image.mode == mode or (keep_grey and image.mode == "L" and mode == "RGB"):
+        return image
+    return image.convert(mode)

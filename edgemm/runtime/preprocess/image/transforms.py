@@ -8,11 +8,18 @@ alpha composited onto the section's ``background``), then reproduces transformer
 shortest-edge size, the same centre-crop offsets (with zero padding when the crop is larger than
 the image), ``rescale`` multiplied in float64 then cast to float32, and ``normalize`` in float32.
 
+Fast without changing a value: rescale and normalise of an 8-bit sample depend on the sample
+alone, so they are computed once per section for all 256 values and applied as one table
+lookup per channel, written straight into the channels-first output (no float64 copy, no
+transposed copy); an opaque grey picture fed to an RGB model is resized as one band instead of
+three (PIL's ``L`` to ``RGB`` copies the band, and its resize treats every band alike).
+
 Only numpy and Pillow are used here; this module runs on the edge device.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -203,12 +210,15 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _prepare_one(image: Image.Image, recipe: ImageRecipe, what: str) -> np.ndarray:
-    """Rendering, resize and crop of one image; returns HxWxC uint8."""
+    """Rendering, resize and crop of one image; returns HxWxC uint8 (C may be 1 for an RGB
+    recipe: an opaque grey picture is resized as one band, which every channel reads)."""
     if image.width == 0 or image.height == 0:
         raise InvalidInputError(f"An image is empty ({image.width}x{image.height} pixels).")
     # Always render: for RGB input this is a no-op (what transformers does with or without
-    # do_convert_rgb); other modes become the 8-bit opaque picture a person sees.
-    image = render(image, background=recipe.background, mode=recipe.mode, what=what)
+    # do_convert_rgb); other modes become the 8-bit opaque picture a person sees. A grey
+    # picture stays one band: PIL's L -> RGB copies it into each band and resizes every band
+    # with the same integer filter, so resizing the one band gives each channel's values.
+    image = render(image, background=recipe.background, mode=recipe.mode, what=what, keep_grey=True)
 
     crop = recipe.center_crop
     resize = recipe.resize
@@ -250,27 +260,100 @@ def _prepare_all(images: Any, recipe: Any, who: str) -> list[np.ndarray]:
         images = list(images) if images.ndim == 4 else [images]
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or not images:
         raise InvalidInputError(f"{who} needs a non-empty list of images.", hint="Decode inputs with decode_image first.")
-    prepared = []
-    for index, item in enumerate(images):
-        if isinstance(item, np.ndarray):
-            item = array_to_image(item, f"Image array #{index}")
-        elif not isinstance(item, Image.Image):
-            raise InvalidInputError(f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
-                                    hint="Decode inputs with decode_image first.")
-        prepared.append(_prepare_one(item, recipe, f"Image #{index}"))
-    return prepared
+    return [_prepare_indexed(index, item, recipe) for index, item in enumerate(images)]
 
 
-def _rescale_normalize(pixels: np.ndarray, recipe: Any) -> np.ndarray:
-    """Channels-last pixels → float32 values, with the same dtypes and operation order as
-    transformers' rescale and normalize, so results match the slow processors bit for bit."""
-    if recipe.rescale_factor is not None:
-        values = (pixels.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
+def _prepare_indexed(index: int, item: Any, recipe: ImageRecipe) -> np.ndarray:
+    """:func:`_prepare_one` of the ``index``-th picture of a batch (a PIL image or an array)."""
+    if isinstance(item, np.ndarray):
+        item = array_to_image(item, f"Image array #{index}")
+    elif not isinstance(item, Image.Image):
+        raise InvalidInputError(f"Image #{index} is a {type(item).__name__}, not a PIL image or numpy array.",
+                                hint="Decode inputs with decode_image first.")
+    return _prepare_one(item, recipe, f"Image #{index}")
+
+
+def picture_rows(pictures: Sequence[tuple[int, Image.Image | np.ndarray]], recipe: ImageRecipe) -> list[np.ndarray]:
+    """Each picture's row of the model input, for a section without ``pad_to_batch_max``.
+
+    :func:`stack_rows` of the rows of a whole batch is what :func:`preprocess_images` returns
+    for it; a row depends on its picture alone, so callers may keep rows of pictures they see
+    again (:class:`~edgemm.runtime.preprocess.pipeline.Preprocessor` does).
+
+    Args:
+        pictures: ``(index in the batch, picture)`` pairs; the index names the picture in errors.
+        recipe: The parsed section (:func:`parse_image_section`).
+
+    Returns:
+        float32 ``[C, H, W]`` per picture, in order.
+
+    Raises:
+        InvalidInputError / UnsupportedMediaError: As :func:`preprocess_images`.
+    """
+    return [_values([_prepare_indexed(index, item, recipe)], recipe)[0] for index, item in pictures]
+
+
+def stack_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows from :func:`picture_rows` → the ``[B, C, H, W]`` batch (a new array).
+
+    Raises:
+        InvalidInputError: The rows have different sizes (a section without resize or crop).
+    """
+    _check_one_size({row.shape[1:] for row in rows})
+    return np.stack(rows)
+
+
+def _check_one_size(shapes: set[tuple[int, ...]]) -> None:
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes))
+        raise InvalidInputError(
+            f"The images have different sizes ({sizes}) and the preprocessing neither resizes "
+            "nor crops them to a common size.",
+            hint="Send images of equal size, or one image per request.",
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _value_table_cached(rescale_factor: float | None, mean: tuple[float, ...] | None,
+                        std: tuple[float, ...] | None, channels: int) -> np.ndarray:
+    samples = np.arange(256, dtype=np.uint8)
+    if rescale_factor is not None:
+        values = (samples.astype(np.float64) * rescale_factor).astype(np.float32)
     else:
-        values = pixels.astype(np.float32)
-    if recipe.mean is not None and recipe.std is not None:
-        values = (values - recipe.mean) / recipe.std
-    return values
+        values = samples.astype(np.float32)
+    table = np.repeat(values[None, :], channels, axis=0)
+    if mean is not None and std is not None:
+        table = (table - np.array(mean, dtype=np.float32)[:, None]) / np.array(std, dtype=np.float32)[:, None]
+    table.setflags(write=False)
+    return table
+
+
+def _value_table(recipe: ImageRecipe) -> np.ndarray:
+    """``[channels, 256]`` float32: what rescale and normalise make of each 8-bit sample.
+
+    Computed with the same dtypes and operation order as transformers' rescale (float64
+    multiply, then float32) and normalize (float32 subtract, then divide) — each an
+    element-wise IEEE operation of the sample alone — so looking samples up in it gives every
+    value bit for bit, in one pass instead of four full-size temporaries.
+    """
+    mean = None if recipe.mean is None else tuple(recipe.mean.tolist())
+    std = None if recipe.std is None else tuple(recipe.std.tolist())
+    return _value_table_cached(recipe.rescale_factor, mean, std, recipe.channels)
+
+
+def _values(prepared: Sequence[np.ndarray], recipe: ImageRecipe) -> np.ndarray:
+    """Channels-last uint8 pixels of one size → the ``[B, C, H, W]`` float32 model input,
+    rescaled and normalised (see :func:`_value_table`), written once, channels first."""
+    height, width = prepared[0].shape[:2]
+    table = _value_table(recipe)
+    out = np.empty((len(prepared), recipe.channels, height, width), dtype=np.float32)
+    for index, pixels in enumerate(prepared):
+        grey = pixels.shape[2] == 1
+        for channel in range(recipe.channels):
+            # mode="clip" is exact here (samples are 0..255, the table has 256 entries) and
+            # lets numpy write into ``out`` directly instead of through a buffer.
+            table[channel].take(pixels[:, :, 0 if grey else channel], out=out[index, channel], mode="clip")
+    return out
 
 
 def preprocess_images(
@@ -304,19 +387,14 @@ def preprocess_images(
         UnsupportedMediaError: An image mode that has no colour rendering.
         BundleError: The config is malformed.
     """
-    recipe = parse_image_section(config)
+    return _preprocess(images, parse_image_section(config))
+
+
+def _preprocess(images: Any, recipe: ImageRecipe) -> np.ndarray:
+    """:func:`preprocess_images` with the section already parsed."""
     prepared = _prepare_all(images, recipe, "preprocess_images")
-
-    shapes = {p.shape[:2] for p in prepared}
-    if len(shapes) > 1:
-        sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes))
-        raise InvalidInputError(
-            f"The images have different sizes ({sizes}) and the preprocessing neither resizes "
-            "nor crops them to a common size.",
-            hint="Send images of equal size, or one image per request.",
-        )
-
-    return np.ascontiguousarray(_rescale_normalize(np.stack(prepared), recipe).transpose(0, 3, 1, 2))
+    _check_one_size({p.shape[:2] for p in prepared})
+    return _values(prepared, recipe)
 
 
 def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any], *,
@@ -335,15 +413,24 @@ def image_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, 
         InvalidInputError / UnsupportedMediaError: As :func:`preprocess_images`.
         BundleError: The section is malformed (``pad_to_batch_max`` without a ``mask_input``).
     """
+    return recipe_feed(images, config, parse_image_section(config), pad_to=pad_to)
+
+
+def recipe_feed(images: Sequence[Image.Image | np.ndarray], config: Mapping[str, Any], recipe: ImageRecipe, *,
+                pad_to: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """:func:`image_feed` with ``config`` already parsed into ``recipe`` (:func:`parse_image_section`),
+    for callers that preprocess many batches with one section.
+
+    Raises:
+        InvalidInputError / UnsupportedMediaError / BundleError: As :func:`image_feed`.
+    """
     pad = config.get("pad_to_batch_max", False)
     if pad is False or pad is None:
-        return {config["input"]: preprocess_images(images, config)}
+        return {config["input"]: _preprocess(images, recipe)}
     mask_name = config.get("mask_input")
     if pad is not True or not isinstance(mask_name, str) or not mask_name:
         raise _config_error(f"pad_to_batch_max must be true with a mask_input naming the pixel-mask input, got "
                             f"{pad!r} / {mask_name!r}.")
-    recipe = parse_image_section(config)
-    pictures = [np.ascontiguousarray(_rescale_normalize(pixels, recipe).transpose(2, 0, 1))
-                for pixels in _prepare_all(images, recipe, "image_feed")]
+    pictures = [_values([pixels], recipe)[0] for pixels in _prepare_all(images, recipe, "image_feed")]
     batch, mask = pad_to_batch_max(pictures, at_least=pad_to)
     return {config["input"]: batch, mask_name: mask}
