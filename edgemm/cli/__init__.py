@@ -3,19 +3,22 @@
 ``edgemm --help`` imports neither torch nor onnxruntime. User errors (:class:`EdgemmError`) print
 ``Error:`` and ``Hint:`` lines and exit with their code; anything else is a bug and keeps its
 traceback.
+
+``-v`` / ``-vv`` / ``-q`` are accepted before the command and after it (``edgemm -v predict`` and
+``edgemm predict -v`` mean the same); :mod:`edgemm.cli.output` turns them into log levels, and
+draws progress on stderr when it is a terminal.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import logging
-import sys
 from typing import Any
 
 import click
 
-from edgemm import __version__
+from edgemm import __version__, progress
+from edgemm.cli import output
 from edgemm.errors import EdgemmError
 from edgemm.fsio import os_error
 
@@ -36,6 +39,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+VERBOSE_HELP = ("More on stderr: -v info (the artifact chosen and why, variant outcomes) and other "
+                "libraries' warnings; -vv debug.")
+QUIET_HELP = "Errors only on stderr: no warnings, no progress. The result still prints."
+
+
 class LazyGroup(click.Group):
     """A group that imports each command's module on first use (fast, torch-free ``--help``)."""
 
@@ -48,7 +56,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        return _with_output_options(getattr(importlib.import_module(module), attr))
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; an :class:`EdgemmError` becomes ``Error:`` / ``Hint:`` and its exit code.
@@ -64,7 +72,10 @@ class LazyGroup(click.Group):
         # Read before the subcommand consumes them: a usage error can precede --json's callback.
         raw_args = list(ctx.args)
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                progress.finish()  # no half-drawn line before an error, a JSON document or a traceback
         except EdgemmError as exc:
             raise UserFacingError(exc, as_json=_wants_json(ctx, raw_args)) from exc
         except click.UsageError as exc:
@@ -93,14 +104,53 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgemm")
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """edgemm: multimodal fusion models → verified, torch-free edge bundles."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("edgemm").setLevel(logging.INFO if verbose == 0 else level)
-    ctx.ensure_object(dict)
+    obj = ctx.ensure_object(dict)
+    obj["verbose"] = obj.get("verbose", 0) + verbose
+    obj["quiet"] = obj.get("quiet", False) or quiet
+    _apply_output(ctx)
+
+
+def _apply_output(ctx: click.Context) -> None:
+    """Set log levels and progress from the ``-v`` / ``-q`` seen so far (before or after the command)."""
+    root = ctx.find_root()
+    obj = root.ensure_object(dict)
+    if obj.get("quiet") and obj.get("verbose"):
+        raise click.UsageError("-q (errors only) and -v (more output) ask for opposite things.", ctx=ctx)
+    current = obj.get("output")
+    if current is None:
+        current = obj["output"] = output.Output()
+        root.call_on_close(current.restore)
+    current.apply(-1 if obj.get("quiet") else obj.get("verbose", 0), command=root.invoked_subcommand)
+
+
+def _more_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        obj = ctx.find_root().ensure_object(dict)
+        obj["verbose"] = obj.get("verbose", 0) + value
+        _apply_output(ctx)
+
+
+def _quieter(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().ensure_object(dict)["quiet"] = True
+        _apply_output(ctx)
+
+
+def _with_output_options(command: click.Command) -> click.Command:
+    """``command`` accepting ``-v`` / ``-q`` after its name too, as the group does before it."""
+    if not any(param.name in ("verbose", "quiet") for param in command.params):
+        command.params += [
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                         callback=_more_verbose, help=VERBOSE_HELP),
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                         callback=_quieter, help=QUIET_HELP),
+        ]
+    return command
 
 
 class UserFacingError(click.ClickException):
@@ -146,7 +196,11 @@ def internal_error(exc: BaseException) -> dict[str, Any]:
 
 def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     if value:
-        ctx.find_root().ensure_object(dict)["json"] = True
+        root = ctx.find_root()
+        root.ensure_object(dict)["json"] = True
+        # Whatever a library prints while the command runs goes to stderr, not into the document.
+        # (The root context: it is closed even when a later option fails to parse.)
+        root.with_resource(output.json_stdout())
     return value
 
 
@@ -156,9 +210,16 @@ def json_option(func: Any) -> Any:
                         help="Print one JSON document on stdout.")(func)
 
 
+def warn(message: str) -> None:
+    """Print ``Warning: message`` on stderr, unless ``-q`` asked for errors only."""
+    if output.verbosity() >= 0:
+        with progress.suspended():
+            click.echo(f"Warning: {message}", err=True)
+
+
 def emit_json(document: Any) -> None:
     """Print exactly one JSON document on stdout."""
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_json_default))
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_json_default), file=output.document_stream())
 
 
 def _json_default(value: Any) -> Any:

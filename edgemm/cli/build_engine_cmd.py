@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgemm.cli import emit_json, json_option
+from edgemm import progress
+from edgemm.cli import emit_json, json_option, output, warn
 
 
 def _layernorm_layers(onnx_path: Path) -> list[str] | None:
@@ -126,11 +128,14 @@ def build_engine(bundle: Path, recipe: str | None, artifacts: tuple[str, ...], n
     trt = import_tensorrt()  # MissingDependencyError (exit 3) with the install hint
     host = probe_host()
     if jetson is not None and jetson != host.is_jetson:
-        click.echo("Warning: --jetson/--no-jetson ignored for a real build (detected from the machine).", err=True)
+        warn("--jetson/--no-jetson ignored for a real build (detected from the machine).")
     requests = requests_from_recipe(table, manifest, str(trt.__version__), workspace_mb=recipe_workspace,
                                     overrides=overrides)
-    reports = add_engines(bundle, requests, rebuild=rebuild, use_cache=not no_cache, timing_cache=timing_cache,
-                          host=host, progress=sys.stderr)
+    # The builder's own phase lines and warnings: stderr, or nowhere with -q (a failure still raises).
+    build_log = sys.stderr if output.verbosity() >= 0 else io.StringIO()
+    with progress.stage("Building TensorRT engines"):
+        reports = add_engines(bundle, requests, rebuild=rebuild, use_cache=not no_cache, timing_cache=timing_cache,
+                              host=host, progress=build_log)
     if as_json:
         emit_json({"ok": True, "bundle": str(bundle), "host": host.to_dict(), "engines": reports})
         return

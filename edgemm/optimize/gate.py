@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm import progress
 from edgemm.bundle.compare import Tolerance, near_ties, top1_agreement
 from edgemm.data.metrics import classification_metrics
 from edgemm.runtime.sessions import create_session
@@ -25,7 +26,8 @@ log = logging.getLogger("edgemm.optimize")
 def run_artifact(path: Path, feeds: list[dict[str, np.ndarray]], output: str) -> np.ndarray:
     """Run an ONNX file over the feeds on the CPU and concatenate one output."""
     session = create_session(path)
-    return np.concatenate([session.run([output], feed)[0] for feed in feeds]).astype(np.float64)
+    return np.concatenate([session.run([output], feed)[0]
+                           for feed in progress.track(feeds, label="held-out batches")]).astype(np.float64)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgemm import progress
+
 log = logging.getLogger("edgemm.optimize")
 
 # ORT's default FP16 block list misses the ops that overflow in transformers (FIELD_NOTES).
@@ -131,7 +133,7 @@ class FeedReader:
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]):
         self._feeds = feeds
-        self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+        self._it: Iterator[dict[str, np.ndarray]] = iter(progress.track(feeds, label="calibration batches"))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next calibration feed, or None when all were read (ONNX Runtime's CalibrationDataReader)."""
@@ -139,7 +141,7 @@ class FeedReader:
 
     def rewind(self) -> None:
         """Start again from the first feed (a calibrator may read the data twice)."""
-        self._it = iter(self._feeds)
+        self._it = iter(progress.track(self._feeds, label="calibration batches"))
 
     def __len__(self) -> int:
         return len(self._feeds)

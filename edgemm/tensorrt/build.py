@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edgemm import progress as terminal_progress
 from edgemm._deps import require
 from edgemm.errors import EdgemmError
 from edgemm.tensorrt.buildlog import BuildLog, gate
@@ -58,7 +59,7 @@ class _Progress:
         self.steps: dict[str, int] = {}
 
     def write(self, text: str) -> None:
-        with self.lock:
+        with self.lock, terminal_progress.suspended():  # above the progress line, not through it
             self.stream.write(f"[tensorrt {time.perf_counter() - self.started:6.1f}s] {text}\n")
             self.stream.flush()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm import progress
 from edgemm.data.dataset import Record
 from edgemm.train.config import TrainConfig
 
@@ -69,37 +70,36 @@ def fit(model: Any, groups: list[dict[str, Any]], records: list[Record], config:
     best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
     history: list[dict[str, float]] = []
     stale = 0
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    for epoch in range(1, config.epochs + 1):
-        train_mode()
-        order = rng.permutation(len(records))
-        losses = []
-        batches = range(steps_per_epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None) if tqdm else batches
-        for b in bar:
-            chunk = [records[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
-            loss = batch_loss(chunk, rng)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        val = validate()
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in val.items()}})
-        log.info("epoch %d  loss %.4f  val accuracy %.4f  macro-F1 %.4f", epoch, np.mean(losses), val["accuracy"], val["macro_f1"])
-        score = val[config.metric]
-        if best is None or score > best[0]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best, stale = (score, epoch, state, val), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                log.info("early stopping: no validation improvement for %d epochs", stale)
-                break
+    with progress.stage("Training", total=config.epochs) as training:
+        for epoch in range(1, config.epochs + 1):
+            train_mode()
+            order = rng.permutation(len(records))
+            losses = []
+            for b in progress.track(range(steps_per_epoch), label=f"epoch {epoch}/{config.epochs}: batches"):
+                chunk = [records[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
+                loss = batch_loss(chunk, rng)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+            with progress.stage(f"epoch {epoch}/{config.epochs}: validating"):
+                val = validate()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in val.items()}})
+            log.info("epoch %d  loss %.4f  val accuracy %.4f  macro-F1 %.4f", epoch, np.mean(losses), val["accuracy"],
+                     val["macro_f1"])
+            training.advance()
+            training.update(f"Training (epoch {epoch}: loss {np.mean(losses):.4f}, val accuracy {val['accuracy']:.4f})")
+            score = val[config.metric]
+            if best is None or score > best[0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best, stale = (score, epoch, state, val), 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    log.info("early stopping: no validation improvement for %d epochs", stale)
+                    break
     assert best is not None  # config guarantees at least one epoch
     model.load_state_dict(best[2])
     return FitResult(best_epoch=best[1], val=best[3], history=history)
