@@ -13,7 +13,12 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup wheelhouse demo test test-slow lint clean
 
-setup: $(VENV)/.edgemm-setup
+setup: $(VENV)/.edgemm-setup node_modules/.package-lock.json
+
+# axe-core (package.json, pinned in package-lock.json) for the kiosk page's accessibility test; test-only.
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install it (apt-get install npm); the kiosk accessibility test needs node_modules/axe-core" >&2; exit 1; }
+	npm ci --no-audit --no-fund --silent
 
 $(VENV)/.edgemm-setup: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)

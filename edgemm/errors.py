@@ -265,3 +265,10 @@ class EngineMismatchError(CheckFailedError):
     """A TensorRT engine in the bundle does not fit this machine (or the engine policy refuses it)."""
 
     code = "E_ENGINE_MISMATCH"
+
+
+class DisplayError(UsageError):
+    """Display texts (``edgemm export --display``, a checkpoint's ``display.json``) are invalid:
+    a label left out, an unknown key, a string too long or not plain text (exit 2)."""
+
+    code = "E_DISPLAY"

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgemm.bundle.compare import Tolerance
-from edgemm.errors import BundleError, UnknownArtifactError
+from edgemm.bundle.display import Display
+from edgemm.errors import BundleError, DisplayError, UnknownArtifactError
 
 SCHEMA = "edgemm.bundle/1"
 MANIFEST_NAME = "edgemm.json"
@@ -202,6 +203,8 @@ class Manifest(InterfaceRules):
     validation: dict[str, Any] = field(default_factory=dict)
     golden: str | None = None
     files: list[FileEntry] = field(default_factory=list)
+    # What the labels mean in words a child reads, per language (edgemm.bundle.display); {}: none.
+    display: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
 
     # -- access ---------------------------------------------------------------------------
@@ -257,12 +260,19 @@ class Manifest(InterfaceRules):
         """Modalities a request must carry."""
         return [m for m, spec in self.modality_specs().items() if spec.required]
 
+    def display_texts(self) -> Display | None:
+        """The bundle's display texts (instruction, label names and messages per language), or
+        None when it has none (the kiosk page then humanises the labels)."""
+        return Display.from_dict(self.display, self.labels) if self.display else None
+
     # -- (de)serialisation ----------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with ``schema`` first."""
         data = asdict(self)
         data.pop("schema")
+        if not data["display"]:  # bundles without display texts keep the manifest they always had
+            data.pop("display")
         return {"schema": self.schema, **data}
 
     def to_json(self) -> str:
@@ -360,6 +370,13 @@ class Manifest(InterfaceRules):
         if golden is not None:
             roles[golden] = "the golden set"
         _check_assets(v, preprocessing, listed if files else None, roles)
+        labels = [v.str_(x, "labels") for x in v.list_(obj.get("labels", []), "labels")]
+        display = obj.get("display", {})
+        if display:
+            try:
+                display = Display.from_dict(display, labels).to_dict()
+            except DisplayError as exc:
+                raise BundleError(f"The manifest's display texts are invalid: {exc.message}", hint=_REBUILD) from exc
         return cls(
             name=v.str_(obj.get("name"), "name"),
             task=task,
@@ -369,12 +386,13 @@ class Manifest(InterfaceRules):
             preprocessing=preprocessing,
             postprocessing=postprocessing,
             artifacts=artifacts,
-            labels=[v.str_(x, "labels") for x in v.list_(obj.get("labels", []), "labels")],
+            labels=labels,
             created_by=v.obj(obj.get("created_by", {}), "created_by"),
             source=v.obj(obj.get("source", {}), "source"),
             validation=v.obj(obj.get("validation", {}), "validation"),
             golden=golden,
             files=files,
+            display=display,
         )
 
 

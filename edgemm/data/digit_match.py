@@ -29,6 +29,19 @@ from edgemm.data.dataset import SPLITS, Dataset, load_dataset
 from edgemm.staging import staged_directory
 
 LABELS = ["no_match", "match"]
+# What the kiosk page shows for this task (edgemm.bundle.display): edgemm train writes it beside
+# the checkpoint, edgemm export carries it into the manifest.
+DISPLAY = {
+    "default_language": "en",
+    "languages": {
+        "en": {"instruction": "Does the word match the picture?",
+               "labels": {"match": {"name": "Yes, that's right!", "message": "Great job!"},
+                          "no_match": {"name": "Not quite — try again", "message": "Look at the picture again."}}},
+        "zh": {"instruction": "答案和图片上的数字一样吗？",
+               "labels": {"match": {"name": "对了！", "message": "真棒！"},
+                          "no_match": {"name": "不太对，再试一次", "message": "再看看图片。"}}},
+    },
+}
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CHINESE = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九"]
 # Phrasings a child types or says at a kiosk; {w} = number word, {d} = digit, {c} = Chinese numeral.

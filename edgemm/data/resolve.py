@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from edgemm.data.dataset import Dataset, load_dataset
 
@@ -22,3 +23,22 @@ def resolve_dataset(spec: str, *, cache: Path | None = None) -> Dataset:
 
         return load_digit_match((cache or default_cache()) / "data" / "digit-match-seed0")
     return load_dataset(spec)
+
+
+def training_display(spec: str) -> dict[str, Any] | None:
+    """The display texts (edgemm.bundle.display) that go with data ``spec``, for the checkpoint:
+    the built-in task's own, else a ``display.json`` / ``display.toml`` in the dataset folder; None: none.
+
+    Raises:
+        DisplayError: The dataset's display file is not readable JSON/TOML.
+    """
+    if spec == "digit-match":
+        from edgemm.data.digit_match import DISPLAY
+
+        return DISPLAY
+    from edgemm.bundle.display import load_display_file
+
+    for name in ("display.json", "display.toml"):
+        if (Path(spec) / name).is_file():
+            return load_display_file(Path(spec) / name)
+    return None

@@ -234,6 +234,8 @@ def build_app(config: ServeConfig, host: ModelHost, metrics: Metrics | None = No
                   "max_audio_seconds": config.max_audio_seconds}
         return JSONResponse({
             "name": m.name, "task": m.task, "labels": m.labels, "version": cur.version,
+            # The kiosk page's words per language (edgemm.bundle.display); null: it humanises the labels.
+            "display": m.display or None,
             "modalities": {k: {"required": v.required} for k, v in m.modality_specs().items()},
             "image_formats": m.preprocessing.get("image", {}).get("formats"),
             "artifact": {"name": cur.predictor.artifact.name, "precision": cur.predictor.artifact.precision},

@@ -139,3 +139,17 @@ def data_reference(spec: str) -> str:
     from edgemm.data.resolve import BUILTIN_DATA
 
     return spec if spec in BUILTIN_DATA else str(Path(spec).resolve())
+
+
+def checked_display(data: str, labels: list[str]) -> dict[str, Any] | None:
+    """The display texts that go with training data ``data`` (:func:`edgemm.data.resolve.training_display`),
+    checked against its labels; None: it has none.
+
+    Raises:
+        DisplayError: The dataset's display file leaves out a label or is not plain short text.
+    """
+    from edgemm.bundle.display import Display
+    from edgemm.data.resolve import training_display
+
+    texts = training_display(data)
+    return Display.from_dict(texts, labels).to_dict() if texts is not None else None

@@ -31,7 +31,13 @@ from edgemm.models.encoders import check_weights_format
 from edgemm.models.specs.hf import read_config, require_fast_tokenizer
 from edgemm.staging import staged_directory
 from edgemm.train import methods
-from edgemm.train.config import TRAINING_FILE, TrainConfig, TrainReport, data_reference
+from edgemm.train.config import (
+    TRAINING_FILE,
+    TrainConfig,
+    TrainReport,
+    checked_display,
+    data_reference,
+)
 from edgemm.train.loop import fit
 
 log = logging.getLogger("edgemm.train")
@@ -312,6 +318,7 @@ def train_hf(config: TrainConfig) -> TrainReport:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     dataset = resolve_dataset(config.data, cache=config.data_cache)
+    display = checked_display(config.data, dataset.labels)
     if source.modality not in dataset.modalities:
         raise UsageError(f"{source.path} is a {source.modality} classifier ({source.architecture}) but the data has no "
                          f"{source.modality} column.", hint=f"The data has: {', '.join(dataset.modalities)}.")
@@ -359,4 +366,9 @@ def train_hf(config: TrainConfig) -> TrainReport:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
         (staging / TRAINING_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if display is not None:  # edgemm export carries it into the manifest (the kiosk page's words)
+            from edgemm.bundle.display import DISPLAY_FILE
+
+            (staging / DISPLAY_FILE).write_text(json.dumps(display, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
     return report

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm.bundle.display import DISPLAY_FILE
 from edgemm.data.dataset import Dataset, Record
 from edgemm.data.metrics import classification_metrics
 from edgemm.data.resolve import resolve_dataset
@@ -33,6 +34,7 @@ from edgemm.train.config import (  # noqa: F401  (the public names of edgemm tra
     LoraOptions,
     TrainConfig,
     TrainReport,
+    checked_display,
     data_reference,
 )
 from edgemm.train.loop import fit
@@ -288,6 +290,7 @@ def train(config: TrainConfig) -> TrainReport:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     dataset = resolve_dataset(config.data, cache=config.data_cache)
+    display = checked_display(config.data, dataset.labels)  # before the training, not after it
     train_records = dataset.require_split("train", minimum=2, purpose="training")
     val_records = dataset.require_split("val", minimum=1, purpose="early stopping")
     test_records = dataset.split("test")
@@ -331,4 +334,10 @@ def train(config: TrainConfig) -> TrainReport:
                                                    "fingerprint": dataset.fingerprint(), "labels": dataset.labels,
                                                    "modalities": modalities}, **report.to_dict()}
     (checkpoint / TRAINING_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if display is not None:  # edgemm export carries it into the manifest (the kiosk page's words)
+        (checkpoint / DISPLAY_FILE).write_text(json.dumps(display, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    else:  # an earlier run's texts into this directory would describe other labels
+        (checkpoint / DISPLAY_FILE).unlink(missing_ok=True)
     return report
+

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, launch
 from tests.conftest import REPO
 from tests.serve.conftest import png_bytes
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "out" / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
@@ -23,9 +22,7 @@ def test_kiosk_page_answers_an_image_and_rtl_emoji_text(server, tmp_path):
     base = f"http://127.0.0.1:{server.port}"
     requested: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 800, "height": 1100})
             page.on("request", lambda req: requested.append(req.url))
@@ -43,10 +40,12 @@ def test_kiosk_page_answers_an_image_and_rtl_emoji_text(server, tmp_path):
             box = page.locator("#submit-btn").bounding_box()
             assert box["height"] >= 48 and box["width"] >= 48  # touch target
             page.click("#submit-btn")
-            page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+            page.wait_for_selector("#result-body:not([hidden])", timeout=20_000)
             label = page.text_content("#result-label")
-            assert label in ("zero", "one", "two")
-            assert page.text_content("#result-score").startswith("Confidence: ")
+            # No display words in this bundle: the label humanised, never raw snake_case.
+            assert label in ("Zero", "One", "Two")
+            assert page.get_attribute("#result-label", "data-label") in ("zero", "one", "two")
+            assert page.text_content("#result-score").startswith("How sure: ")
             assert page.is_hidden("#error") and page.is_hidden("#snap-btn")
             # Emoji render as colour glyphs (an emoji font is installed), not as empty boxes.
             coloured = page.evaluate("""() => {
@@ -72,10 +71,8 @@ def test_kiosk_camera_snapshot_and_recorded_answer(server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     base = f"http://127.0.0.1:{server.port}"
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required"])
+        browser = launch(pw, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                         "--autoplay-policy=no-user-gesture-required")
         try:
             context = browser.new_context(permissions=["camera", "microphone"])
             page = context.new_page()
@@ -98,8 +95,8 @@ def test_kiosk_camera_snapshot_and_recorded_answer(server):
             page.wait_for_selector("#playback:not([hidden])", timeout=10_000)
             page.fill("#text-input", "seven")
             page.click("#submit-btn")
-            page.wait_for_selector("#result:not([hidden])", timeout=20_000)
-            assert page.text_content("#result-label") in ("zero", "one", "two")
+            page.wait_for_selector("#result-body:not([hidden])", timeout=20_000)
+            assert page.text_content("#result-label") in ("Zero", "One", "Two")
             assert not errors, errors
             # What the page sent: a PNG snapshot and a 16-bit WAV recording (what the server accepts).
             sent = page.evaluate("""async () => {
