@@ -20,6 +20,9 @@ _EXTRA_FOR = {
     # bench: the plots, and scikit-learn's scans behind the built-in digit-match data
     "matplotlib": "bench",
     "sklearn": "bench",
+    # OpenVINO artifacts (runtime) and NNCF INT8 (export)
+    "openvino": "openvino",
+    "nncf": "openvino",
     # kiosk server and signed archives
     "starlette": "serve",
     "uvicorn": "serve",

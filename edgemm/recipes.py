@@ -35,7 +35,9 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 TARGETS_PACKAGE = "edgemm.targets"
 
 EXPORTERS = ("dynamo", "legacy")
-PRECISIONS = ("fp32-opt", "fp16", "int8-dynamic", "int8-static", "mixed")
+PRECISIONS = ("fp32-opt", "fp16", "int8-dynamic", "int8-static", "mixed", "ov-fp32", "ov-bf16", "ov-int8")
+# OpenVINO IR variants (edgemm.optimize.openvino): built from the plain graph only.
+OPENVINO_PRECISIONS = ("ov-fp32", "ov-bf16", "ov-int8")
 BASES = ("optimized", "plain")
 GATE_METRICS = ("accuracy", "macro_f1")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -217,12 +219,33 @@ class TritonSection:
 
 
 @dataclass(frozen=True)
+class SplitSection:
+    """``[split]``: cut a shipped variant at its cacheable branch (text / audio) for the answer cache.
+
+    Attributes:
+        source: The variant to cut (e.g. ``int8``); it must be one of the recipe's variants.
+        cache: Branch rows the runtime's LRU cache keeps (0: no cache, the parts still run).
+        name: The split artifact's name (default ``<source>-split``).
+    """
+
+    source: str
+    cache: int = 256
+    name: str | None = None
+
+    @property
+    def artifact_name(self) -> str:
+        """The name of the artifact the split ships as."""
+        return self.name or f"{self.source}-split"
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     """One requested precision variant (a ``[[variants]]`` table).
 
     Attributes:
         name: Artifact name (unique, not ``fp32``, which always ships).
-        precision: ``fp32-opt``, ``fp16``, ``int8-dynamic``, ``int8-static`` or ``mixed``.
+        precision: ``fp32-opt``, ``fp16``, ``int8-dynamic``, ``int8-static`` or ``mixed``; OpenVINO IR:
+            ``ov-fp32``, ``ov-bf16`` or ``ov-int8`` (NNCF), always from the plain graph.
         base: ``optimized`` (the fused graph) or ``plain`` (what TensorRT parses).
         per_channel: Per-channel weight scales.
         reduce_range: 7-bit weights (None: follow the CPU, on where it lacks VNNI).
@@ -253,6 +276,7 @@ class Recipe:
         parity: ``[parity]`` tolerance of ONNX vs PyTorch (None: the model family's).
         triton: ``[triton]`` (None: the recipe writes no model repository).
         variants: The ``[[variants]]`` tables, in order.
+        split: ``[split]`` (None: no branch-split artifact).
     """
 
     name: str
@@ -267,6 +291,7 @@ class Recipe:
     tensorrt: TensorRTSection = TensorRTSection()
     triton: TritonSection | None = None
     variants: tuple[VariantSpec, ...] = ()
+    split: SplitSection | None = None
 
     def override(self, *, exporter: str | None = None, opset: int | None = None,
                  tolerance: Tolerance | None = None, budget: float | None = None,
@@ -372,6 +397,10 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
     optimize = OptimizeSection(graph=data.get("optimize", {}).get("graph", bool(variants)))
     if any(v.precision in ("fp32-opt", "mixed") or v.base == "optimized" for v in variants) and not optimize.graph:
         raise RecipeError(f"{where}: variants on the optimized graph need [optimize] graph = true.")
+    split = sections.get("split")
+    if split is not None and (split.source not in names or split.cache < 0 or split.artifact_name in (*names, "fp32")):
+        raise RecipeError(f"{where}: [split] source must name one of the variants ({', '.join(names) or 'none'}), "
+                          "cache must not be negative, and its artifact name must be new.")
     parity = data.get("parity")
     return Recipe(
         name=data.get("name", path.stem),
@@ -386,6 +415,7 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         tensorrt=sections.get("tensorrt", TensorRTSection()),
         triton=sections.get("triton"),
         variants=variants,
+        split=split,
     )
 
 
@@ -411,12 +441,15 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsSection,
     "tensorrt": TensorRTSection,
     "triton": TritonSection,
+    "split": SplitSection,
 }
 
 
 def _section(cls: type, table: dict[str, Any], key: str, where: str) -> Any:
     """One table → its frozen dataclass; keys, types and choices checked against the fields."""
     values = _typed_fields(cls, table, f"[{key}]", where, section=key)
+    if cls is SplitSection and "source" not in values:
+        raise RecipeError(f"{where}: [split] needs source, the variant to cut.", hint='e.g. source = "int8"')
     if cls is TensorRTSection:
         bad = [p for p in values.get("precisions", ()) if p not in TENSORRT_PRECISIONS]
         if bad:
@@ -434,7 +467,16 @@ def _variant(table: dict[str, Any], where: str) -> VariantSpec:
             raise RecipeError(f"{where}: a [[variants]] table has no {key!r}.",
                               hint="Each variant needs name and precision, e.g. name = \"int8\", precision = \"int8-dynamic\".")
     values = _typed_fields(VariantSpec, table, "[[variants]]", where, section="variants")
-    values.setdefault("base", "plain" if values["precision"] == "fp16" else "optimized")
+    if values["precision"] in OPENVINO_PRECISIONS:
+        # OpenVINO cannot read ONNX Runtime's contrib operators in the fused graph.
+        if values.get("base", "plain") != "plain":
+            raise RecipeError(f"{where}: OpenVINO variant {values['name']!r} is built from the plain graph.",
+                              hint="Remove base, or set base = \"plain\".")
+        if any(p != "fp32" for p in values.get("fallback") or ()):
+            raise RecipeError(f"{where}: OpenVINO variant {values['name']!r} takes no fallback precisions "
+                              "(INT8 retries with NNCF's accuracy control; the ONNX artifacts remain).",
+                              hint="Remove fallback, or list the other variants in the recipe.")
+    values.setdefault("base", "plain" if values["precision"] in ("fp16", *OPENVINO_PRECISIONS) else "optimized")
     modalities = dict(values.get("modalities", {}))
     if values["precision"] == "mixed":
         bad = {k: v for k, v in modalities.items() if k not in MIXED_BRANCHES or v not in ("int8", "fp32")}

@@ -126,9 +126,9 @@ def tiny_bundle(work, tiny_ckpt) -> Path:
     return export_bundle(tiny_ckpt, work / "tiny.bundle").bundle
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def edgemm_cache(tmp_path_factory) -> Path:
-    """A private EDGEMM_CACHE so generated datasets never touch the user's cache."""
+    """A private EDGEMM_CACHE so generated datasets, ranking and compile caches never touch the user's cache."""
     cache = tmp_path_factory.mktemp("edgemm-cache")
     os.environ["EDGEMM_CACHE"] = str(cache)
     return cache

@@ -40,14 +40,15 @@ class Tolerance:
         and top-1 agreement (tie-aware) may drop on borderline rows.
 
         Args:
-            precision: The artifact's precision (``fp32``, ``fp16``, ``int8``, ``mixed``).
+            precision: The artifact's precision (``fp32``, ``fp16``, ``bf16``, ``int8``, ``mixed``).
             engine: A TensorRT engine: its FP32 picks TF32 tactics, so FP32 widens too.
         """
         if precision == "fp32" and engine:
             return cls(atol=1e-2, rtol=1e-2, min_cosine=0.9999, min_top1=0.9)
         if precision == "fp16":
             return cls(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.75)
-        if precision in ("int8", "mixed"):
+        # BF16 keeps 8 bits of mantissa: it drifts like INT8, not like FP16.
+        if precision in ("int8", "mixed", "bf16"):
             return cls(atol=1e-1, rtol=1e-1, min_cosine=0.99, min_top1=0.75)
         return cls()
 

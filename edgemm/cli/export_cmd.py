@@ -52,6 +52,9 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
                    "(the text tower runs at export); classifiers: names for the head's outputs, in order.")
 @click.option("--labels-file", type=click.Path(path_type=Path), help="As --labels, one label per line.")
 @click.option("--prompt", metavar="TEMPLATE", help="Zero-shot directories: prompt template with {} for the label.")
+@click.option("--display", "display_file", type=click.Path(path_type=Path), metavar="FILE.toml|json",
+              help="What the kiosk page shows, per language: an instruction line, and per label a name and a short "
+                   "message (default: the checkpoint's display.json, which edgemm train writes for digit-match).")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), help="torch → ONNX exporter (recipe default: dynamo).")
 @click.option("--opset", type=click.IntRange(17, 23), help="ONNX opset (recipe default: 18).")
 @click.option("--eval-data", metavar="DATA", help="Held-out data for the accuracy gate: digit-match or a dataset path "
@@ -66,7 +69,7 @@ def _labels(labels: str | None, labels_file: Path | None) -> tuple[str, ...] | N
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @json_option
 def export(source: Path | None, output: Path, spec_ref: str | None, target: str, labels: str | None,
-           labels_file: Path | None, prompt: str | None, exporter: str | None, opset: int | None,
+           labels_file: Path | None, prompt: str | None, display_file: Path | None, exporter: str | None, opset: int | None,
            eval_data: str | None, budget: float | None, calibration: str | None,
            allow_mismatch: bool, allow_tracer_warnings: bool, allow_pickle: bool, force: bool,
            as_json: bool) -> None:
@@ -84,6 +87,7 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
     check_output_dir(output, "Output bundle")  # before minutes of export, not after them
     # Checked before the build side is imported, which would otherwise end in a traceback.
     require_all("torch", "transformers", "onnx", "onnxscript", "safetensors", purpose="edgemm export")
+    from edgemm.bundle.display import load_display_file
     from edgemm.export.pipeline import ExportOptions, export_bundle
     from edgemm.recipes import load_recipe
 
@@ -105,6 +109,8 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
         eval_data=eval_data,
         budget_points=budget,
         calibration_method=calibration,
+        # Read now, before minutes of export; checked against the model's labels once it is loaded.
+        display=load_display_file(display_file) if display_file else None,
     )
     log.info("exporting %s with recipe %s", source or spec_ref, recipe.name)
     report = export_bundle(source, output, spec_ref=spec_ref, options=options)
@@ -136,8 +142,16 @@ def export(source: Path | None, output: Path, spec_ref: str | None, target: str,
         click.echo(f"artifact {art.name:<10} {art.precision:<5} {size / 2**20:8.2f} MiB  {art.path}{measured}")
     for variant in (report.manifest.validation.get("gate") or {}).get("variants", []):
         click.echo(f"gate     {variant['variant']}: {variant['outcome']}")
+    split = report.manifest.validation.get("split")
+    if split:
+        click.echo(f"split    {split['name']} (from {split['from']}): {split['outcome']}")
     for warning in report.warnings:
         click.echo(f"warning  {warning}")
+    engines = report.manifest.validation.get("tensorrt") or {}
+    if "skipped" in engines:  # the recipe wants engines: say where they come from now (no log line needed)
+        click.echo(f"tensorrt not built: {engines['skipped']}")
+    elif "failed" in engines:
+        click.echo(f"tensorrt FAILED, the bundle ships without engines: {engines['failed']}")
     click.echo(f"time     {report.timings.get('total', 0):.1f} s")
 
 

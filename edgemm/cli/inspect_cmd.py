@@ -31,6 +31,7 @@ def summary(bundle: Path) -> dict[str, Any]:
             {"name": a.name, "kind": a.kind, "precision": a.precision, "path": a.path,
              "bytes": sum(sizes.get(p, 0) for p in a.files), "providers": a.providers,
              "quantization": a.quantization, "requirements": a.requirements, "validation": a.validation}
+            | ({"unavailable": _openvino_unavailable(a)} if a.kind == "openvino" else {})
             for a in m.artifacts
         ],
         "validation": {k: v for k, v in m.validation.items() if k != "parity"}
@@ -42,6 +43,13 @@ def summary(bundle: Path) -> dict[str, Any]:
         "engines": engines_summary(m),
         "tensorrt": m.validation.get("tensorrt"),
     }
+
+
+def _openvino_unavailable(artifact: Any) -> str | None:
+    """Why this machine cannot run an OpenVINO artifact (None: it can)."""
+    from edgemm.runtime.backends.openvino import unavailable_reason
+
+    return unavailable_reason(artifact)
 
 
 def engines_summary(m: Any) -> list[dict[str, Any]]:
@@ -103,6 +111,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
             check = f"parity max abs {parity['max_abs']:.1e}" if parity else ""
         providers = ",".join(p.replace("ExecutionProvider", "") for p in a["providers"])
         echo(f"  {a['name']:<10} {a['precision']:<5} {a['bytes'] / 2**20:8.2f} MiB  [{providers}]  {check}")
+        if a["kind"] == "openvino":
+            echo(f"             OpenVINO IR {a['requirements'].get('openvino', '?')}, inference precision "
+                 f"{a['requirements'].get('inference_precision', 'f32')}"
+                 + (f", {a['quantization'].get('method')}" if a["quantization"] else "")
+                 + f"; here: {a.get('unavailable') or 'runs'}")
     parity = info["validation"].get("parity", {})
     if parity:
         state = "passed" if parity.get("passed") else "FAILED (accepted)"

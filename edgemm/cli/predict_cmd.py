@@ -21,7 +21,8 @@ _SHOWN_VALUES = 8
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="Image file (repeat for a batch).")
 @click.option("--audio", "audios", multiple=True, type=click.Path(path_type=Path), help="WAV file (repeat for a batch).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--artifact", help="Artifact name (default: the best for the device).")
+@click.option("--artifact", help="Artifact name (default: the best for the device; on the CPU the fastest "
+                                 "measured on this machine, as serve and bench choose it).")
 @click.option("--threads", type=click.IntRange(1, 256), help="CPU threads (default: cores, at most 4).")
 @json_option
 def predict(bundle: Path, texts: tuple[str, ...], images: tuple[Path, ...], audios: tuple[Path, ...],

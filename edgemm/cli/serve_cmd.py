@@ -40,6 +40,9 @@ def render_systemd_unit(store: Path, port: int, policy: str, memory_max: str) ->
 @click.option("--allow-origin", "allow_origins", multiple=True, help="Extra browser origin allowed to call the API.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt", "tensorrt-ep"]), default="auto",
               show_default=True, help="auto: TensorRT engine → ORT CUDA → ORT CPU, each skip logged.")
+@click.option("--artifact", default=None,
+              help="Serve this artifact by name [default: the best this machine can run, as predict and bench "
+                   "choose it].")
 @click.option("--device-policy", type=click.Choice(["allow_cpu", "require_gpu"]), default="allow_cpu",
               show_default=True, help="require_gpu: never become ready on the CPU.")
 @click.option("--max-batch", type=int, default=16, show_default=True, help="Micro-batch size limit.")
@@ -90,7 +93,8 @@ def render_systemd_unit(store: Path, port: int, policy: str, memory_max: str) ->
               help="Memory for decoding images and audio in flight, all requests together, e.g. 600M "
                    "[default: half of what --memory-max leaves beside the loaded model].")
 def serve(bundle: Path | None, store: Path | None, host: str, port: int, expose: bool,
-          allow_hosts: tuple[str, ...], allow_origins: tuple[str, ...], device: str, device_policy: str,
+          allow_hosts: tuple[str, ...], allow_origins: tuple[str, ...], device: str, artifact: str | None,
+          device_policy: str,
           max_batch: int, max_delay_ms: float, max_queue: int, deadline_s: float, max_body_mb: float,
           max_text_chars: int, max_pixels: int | None, max_audio_seconds: float, threads: int | None,
           reload_interval_s: float, port_file: Path | None, systemd_unit: bool, memory_max: str | None,
@@ -116,13 +120,15 @@ def serve(bundle: Path | None, store: Path | None, host: str, port: int, expose:
             raise UsageError("--systemd-unit needs --store.", hint="The unit serves a device store.")
         click.echo(render_systemd_unit(store, port, device_policy, memory_max or "2G"), nl=False)
         return
+    if artifact is not None:
+        _check_artifact(bundle, store, artifact)
     from edgemm.serve.budget import parse_size  # memory
 
     memory_max_bytes = None if memory_max is None else parse_size(memory_max, "--memory-max")
     decode_budget_bytes = None if decode_budget is None else parse_size(decode_budget, "--decode-budget")
     config = ServeConfig(
         bundle=bundle, store=store, host=host, port=port, expose=expose, allowed_hosts=allow_hosts,
-        allowed_origins=allow_origins, device=device, device_policy=device_policy,
+        allowed_origins=allow_origins, device=device, artifact=artifact, device_policy=device_policy,
         max_body_bytes=int(max_body_mb * 2**20), max_text_chars=max_text_chars, max_pixels=max_pixels,
         max_audio_seconds=max_audio_seconds, max_batch=max_batch, max_delay_ms=max_delay_ms,
         max_queue=max_queue, deadline_s=deadline_s, threads=threads, reload_interval_s=reload_interval_s,
@@ -139,3 +145,21 @@ def serve(bundle: Path | None, store: Path | None, host: str, port: int, expose:
 
     run_server(config, port_file=port_file)
 
+
+
+def _check_artifact(bundle: Path | None, store: Path | None, artifact: str) -> None:
+    """Refuse an ``--artifact`` the bundle (or the store's active bundle) does not have, before serving.
+
+    Raises:
+        UnknownArtifactError: No artifact of that name (usage error; the hint lists the names).
+    """
+    from edgemm.bundle.verify import verify_bundle
+
+    if bundle is None:
+        from edgemm.deploy.store import DeviceStore
+
+        active = DeviceStore(store).active() if store is not None else None
+        if active is None:
+            return  # nothing installed yet: the name is checked when a bundle arrives
+        bundle = active.bundle
+    verify_bundle(bundle, check_hashes=False).artifact(artifact)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from edgemm import progress
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import EngineMismatchError, GoldenSetError
+
+if TYPE_CHECKING:
+    from edgemm.bundle.manifest import Manifest
 
 
 @click.command("verify")
@@ -33,8 +38,8 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
     """
     from edgemm.bundle.verify import verify_bundle
     from edgemm.cli.inspect_cmd import engines_summary
+    from edgemm.runtime.backends.kinds import _PROVIDER
     from edgemm.runtime.golden import golden_report
-    from edgemm.runtime.predictor import _PROVIDER
     from edgemm.runtime.semantics import check_semantics
 
     manifest = verify_bundle(bundle)
@@ -48,13 +53,17 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
         names = list(artifacts) or [e["name"] for e in engines if e["compat"]["status"] == "ok"]
     else:
         names = list(artifacts) or [a.name for a in manifest.artifacts
-                                    if _PROVIDER[device] in a.providers and a.kind == "onnx"]
-    reports = [golden_report(bundle, manifest, name, device=device) for name in names
-               if name not in {e["name"] for e in refused}]
+                                    if (_PROVIDER[device] in a.providers and a.kind == "onnx")
+                                    or (device == "cpu" and a.kind in ("openvino", "split"))]
+    skipped = _openvino_skips(manifest, names)
+    reports = [golden_report(bundle, manifest, name, device=device)
+               for name in progress.track(names, label="Re-running golden sets")
+               if name not in {e["name"] for e in refused} and name not in skipped]
     passed = all(r["passed"] for r in reports) and not refused
     if as_json and passed:  # a failure prints its one JSON document through the error handler
         emit_json({"ok": passed, "bundle": str(bundle), "files": len(manifest.files), "hashes": "ok",
                    "manifest": "ok", "artifacts": reports,
+                   "skipped": [{"artifact": n, "reason": why} for n, why in skipped.items()],
                    "engines": [{"name": e["name"], **e["compat"]} for e in engines]})
     elif not as_json:
         click.echo(f"files     {len(manifest.files)} listed, all hashes match")
@@ -70,6 +79,8 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
                 f"preprocessing differs: {r['preprocessing']['mismatched_inputs']}"
             click.echo(f"golden    {r['artifact']:<8} on {r['device']}: {'ok' if r['passed'] else 'FAILED'}  "
                        f"max abs {worst:.2e} (vs PyTorch {drift:.2e})  {pre}  {_labels_line(r['labels'])}")
+        for name, why in skipped.items():
+            click.echo(f"golden    {name:<8} skipped: {why}")
     if refused:
         lines = [f"{e['name']}: {e['compat']['status']} ({'; '.join(e['compat']['reasons'])})" for e in refused]
         raise EngineMismatchError("TensorRT engine(s) cannot run here: " + "; ".join(lines) + ".",
@@ -85,6 +96,21 @@ def verify(bundle: Path, device: str, artifacts: tuple[str, ...], as_json: bool)
         raise GoldenSetError(f"Golden set failed for {', '.join(failed)}.",
                              hint="Re-export the bundle or check library versions against `edgemm inspect`.",
                              details={"artifacts": reports})
+
+
+def _openvino_skips(manifest: Manifest, names: list[str]) -> dict[str, str]:
+    """OpenVINO artifacts among ``names`` that this machine cannot run, with why (their files were hashed)."""
+    from edgemm.runtime.backends.openvino import openvino_installed, unavailable_reason
+
+    skipped = {}
+    for name in names:
+        art = manifest.artifact(name)
+        if art.kind != "openvino":
+            continue
+        why = unavailable_reason(art)
+        if why is not None:
+            skipped[name] = "openvino not installed" if not openvino_installed() else why
+    return skipped
 
 
 def _labels_line(labels: dict) -> str:

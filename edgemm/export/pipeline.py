@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 import edgemm
+from edgemm import progress
 from edgemm._deps import require
 from edgemm.bundle.compare import OutputComparison, Tolerance, compare_all, summarize
+from edgemm.bundle.display import DISPLAY_FILE, Display, read_checkpoint_display
 from edgemm.bundle.golden import GoldenSet
 from edgemm.bundle.manifest import Artifact, Manifest
 from edgemm.bundle.verify import verify_bundle
@@ -80,6 +82,8 @@ class ExportOptions:
     budget_points: float | None = None
     calibration_method: str | None = None
     allow_tracer_warnings: bool = False
+    # The manifest's display texts (edgemm.bundle.display); None: the checkpoint's display.json, if any.
+    display: dict[str, Any] | None = None
 
 
 @dataclass
@@ -164,16 +168,33 @@ def export_bundle(
         raise exists
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    loaded = load_source(source, spec_ref, options)
+    with progress.stage("Loading the checkpoint"):
+        loaded = load_source(source, spec_ref, options)
     spec = _apply_recipe(loaded.spec, recipe)
+    options = replace(options, display=_display_texts(options, source, spec))  # checked before the build
     timings["load"] = time.perf_counter() - start
 
     with staged_directory(output, replace=options.force, exists_error=exists) as staging, \
-            tempfile.TemporaryDirectory(prefix="edgemm-export-") as work:
+            tempfile.TemporaryDirectory(prefix="edgemm-export-") as work, progress.steps():
         manifest, parity = _build(loaded.module, spec, loaded.source, staging, Path(work), recipe, options, timings)
     timings["total"] = time.perf_counter() - start
     return ExportReport(bundle=output, manifest=manifest, parity=parity, timings={k: round(v, 3) for k, v in timings.items()},
                         warnings=list(manifest.validation.get("warnings", [])))
+
+
+def _display_texts(options: ExportOptions, source: Path | None, spec: ExportSpec) -> dict[str, Any] | None:
+    """The display texts for the manifest (``--display``, else the checkpoint's display.json),
+    checked against the model's labels; None when there are none.
+
+    Raises:
+        DisplayError: They leave out a label, name one the model lacks, or are not plain short text.
+    """
+    data = options.display if options.display is not None else read_checkpoint_display(source)
+    if data is None:
+        return None
+    if options.display is None:
+        log.info("display texts from %s", Path(source or ".") / DISPLAY_FILE)
+    return Display.from_dict(data, list(spec.labels)).to_dict()
 
 
 def _apply_recipe(spec: ExportSpec, recipe: Recipe) -> ExportSpec:
@@ -210,6 +231,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         target.write_bytes(data)
 
     t = time.perf_counter()
+    progress.step("Exporting to ONNX")
     # The contract before export: forward()'s signature, and one PyTorch run at the export shape
     # whose outputs must have the declared shapes and dtypes and fit the postprocessing and labels.
     plan = plan_forward(module, spec)
@@ -228,10 +250,11 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     timings["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    progress.step("Checking parity with PyTorch")
     data, data_spec = _held_out_data(options, source)
     sources = parity_inputs(spec, staging, data=data, data_spec=data_spec, built_in=built_in)
     references: dict[str, dict[str, np.ndarray]] = {}
-    for item in sources.feeds:
+    for item in progress.track(sources.feeds, label="PyTorch runs"):
         references[item.name] = run_forward(module, plan, item.feed, case=item.name, user=user)
         check_outputs(spec, item.feed, references[item.name], case=item.name)
         check_postprocessing(spec, references[item.name], case=item.name)
@@ -243,7 +266,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     def parity_of(path: Path) -> tuple[dict[str, Any], list[OutputComparison]]:
         backend = OrtBackend(path, inputs, outputs, device="cpu", optimization="disable").activate()
         results: list[OutputComparison] = []
-        for item in sources.feeds:
+        for item in progress.track(sources.feeds, label="ONNX Runtime runs"):
             results.extend(compare_all(item.name, references[item.name], backend.run(item.feed),
                                        spec.tolerance, classify_outputs=spec.classifying_outputs))
         backend.deactivate()
@@ -271,6 +294,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         from edgemm.optimize.graph import optimize_graph
 
         t = time.perf_counter()
+        progress.step("Optimizing the graph")
         optimized = work / "fp32-optimized.onnx"
         base_info["optimized"] = optimize_graph(exported.path, optimized, spec.encoders)
         opt_parity, opt_failures = parity_of(optimized)
@@ -282,13 +306,25 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
 
     if recipe.variants:
         t = time.perf_counter()
+        progress.step("Building precision variants")
         artifacts += _variants(spec, staging, bases, base_info, recipe, validation,
                                lambda path: parity_of(path)[0], data, data_spec)
         timings["variants"] = time.perf_counter() - t
 
+    progress.step("Recording the golden set")
     golden = _golden_set(module, spec, staging, options.golden_size)
     for art in artifacts:
-        backend = OrtBackend(staging / art.path, inputs, outputs, device="cpu")
+        if art.kind == "openvino":
+            from edgemm.runtime.backends.openvino import OpenVinoBackend
+
+            backend = OpenVinoBackend(staging / art.path, inputs, outputs,
+                                      inference_precision=art.requirements.get("inference_precision", "f32"))
+        elif art.kind == "split":
+            from edgemm.runtime.backends.split import SplitBackend
+
+            backend = SplitBackend(staging, art, inputs, outputs, cache_entries=0)
+        else:
+            backend = OrtBackend(staging / art.path, inputs, outputs, device="cpu")
         with backend:
             golden.artifacts[art.name] = backend.run(golden.feed)
         if art.name != "fp32":
@@ -311,6 +347,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
         source={**source, "family": spec.family, **({"zero_shot": spec.zero_shot} if spec.zero_shot else {})},
         validation=validation,
         golden=GOLDEN_FILE,
+        display=options.display or {},
     )
     engine_skip = _engine_skip_reason(recipe)
     if engine_skip is not None:
@@ -320,12 +357,14 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
 
     # Self-check: the bundle verifies and every artifact reproduces the golden set via the runtime.
     t = time.perf_counter()
+    progress.step("Verifying the bundle")
     verified = verify_bundle(staging)
     for art in artifacts:
         check_golden(staging, verified, art.name)
     timings["verify"] = time.perf_counter() - t
     if recipe.tensorrt.build and engine_skip is None:
         t = time.perf_counter()
+        progress.step("Building TensorRT engines")
         verified = _build_engines(staging, verified, recipe)
         timings["tensorrt"] = time.perf_counter() - t
     return verified, parity
@@ -468,6 +507,11 @@ def _variants(spec: ExportSpec, staging: Path, bases: dict[str, Path], base_info
         "fp32": classification_metrics(evalset.labels, fp32_outputs),
         "variants": ctx.reports,
     }
+    if recipe.split is not None:
+        from edgemm.optimize.split import split_variant
+
+        with progress.stage("Split variant"):
+            artifacts += split_variant(ctx, artifacts, spec, validation)
     return artifacts
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemm import progress
 from edgemm.bundle.compare import Tolerance
 from edgemm.bundle.manifest import Artifact
 from edgemm.data.evalset import EvalSet
@@ -45,6 +46,10 @@ FALLBACK = {
     ("fp16", "plain"): ("fp32",),
     ("fp16", "optimized"): ("fp32",),
     ("fp32-opt", "optimized"): ("fp32",),
+    # OpenVINO variants retry inside their builder (NNCF accuracy control); the ONNX artifacts remain.
+    ("ov-int8", "plain"): ("fp32",),
+    ("ov-bf16", "plain"): ("fp32",),
+    ("ov-fp32", "plain"): ("fp32",),
 }
 PROVIDERS = {
     ("fp32-opt", "optimized"): ["CPUExecutionProvider", "CUDAExecutionProvider"],
@@ -94,7 +99,8 @@ def build_variants(ctx: VariantContext) -> list[Artifact]:
     """Artifacts for every variant that shipped (in recipe order); ``ctx.reports`` says what happened."""
     artifacts = []
     for spec in ctx.recipe.variants:
-        artifact = _build_one(ctx, spec)
+        with progress.stage(f"Variant {spec.name}"):
+            artifact = _build_one(ctx, spec)
         if artifact is not None:
             artifacts.append(artifact)
     return artifacts
@@ -104,6 +110,10 @@ def _build_one(ctx: VariantContext, spec: VariantSpec) -> Artifact | None:
     chain = [spec.precision, *(spec.fallback if spec.fallback is not None else FALLBACK[(spec.precision, spec.base)])]
     report: dict[str, Any] = {"variant": spec.name, "requested": spec.precision, "base": spec.base, "attempts": []}
     ctx.reports.append(report)
+    if spec.precision.startswith("ov-"):
+        from edgemm.optimize.openvino import build_openvino_variant
+
+        return build_openvino_variant(ctx, spec, report)
     if spec.precision == "mixed" and not _mixed_nodes(ctx, spec, ctx.bases[spec.base]):
         # A recipe for many models meets one without the named branch (an image-only model,
         # or one transformer over text and image like ViLT): the variant does not apply to it.
@@ -148,7 +158,8 @@ def _build_one(ctx: VariantContext, spec: VariantSpec) -> Artifact | None:
 def _attempt(ctx: VariantContext, spec: VariantSpec, precision: str, target: Path, *, exclude: list[str],
              report: dict[str, Any], label: str, harmful: list[dict[str, Any]] | None = None) -> tuple[GateResult, dict[str, Any]]:
     base_path = ctx.bases[spec.base]
-    info = _make(ctx, spec, precision, base_path, target, exclude)
+    with progress.stage(f"building {precision} ({label})"):
+        info = _make(ctx, spec, precision, base_path, target, exclude)
     try:
         edge = _edge_check(target, ctx.edge_feeds)
         outputs = run_artifact(target, ctx.evalset.feeds, ctx.output)

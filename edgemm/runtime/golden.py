@@ -114,7 +114,6 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
             or a file it reads (golden set, tokenizer) is not the hashed one.
     """
     from edgemm.bundle.manifest import ENGINE_KIND
-    from edgemm.runtime.backends.onnxruntime import OrtBackend
 
     check_semantics(manifest)
     art = manifest.artifact(artifact)
@@ -140,7 +139,11 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
 
             backend = TensorRTBackend.from_bundle(bundle, manifest, art)
         else:
-            backend = OrtBackend(bundle / art.path, manifest.inputs, manifest.outputs, device=device, threads=threads)
+            from edgemm.runtime.backends.kinds import make_backend
+
+            backend = make_backend(bundle, manifest, art, device=device, threads=threads)
+            if hasattr(backend, "set_caching"):
+                backend.set_caching(False)  # the recorded outputs, not an answer cache's
         with backend:
             actual = backend.run(golden.feed)
     classify = manifest.classifying_outputs

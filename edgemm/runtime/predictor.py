@@ -1,8 +1,10 @@
 """Predictor: verified bundle → preprocessing → best runnable artifact → predictions. Torch-free.
 
 Fallback chain for ``device="auto"``: a TensorRT engine of the bundle (when TensorRT, a GPU and
-the engine's compatibility record all fit this machine) → ONNX Runtime CUDA → ONNX Runtime CPU.
-Every skipped step is logged and kept in :attr:`Predictor.skipped` with its reason. Loading never
+the engine's compatibility record all fit this machine) → ONNX Runtime CUDA → the CPU. On the
+CPU, ONNX Runtime, OpenVINO and split artifacts compete in one ranking measured on this machine
+(:mod:`edgemm.runtime.ranking`), the same one ``bench`` headlines. Every skipped step is
+logged (INFO, logger ``edgemm.runtime``) and kept in :attr:`Predictor.skipped` with its reason. Loading never
 builds an engine: a stale or mismatched engine is reported with the command that rebuilds it.
 """
 
@@ -27,12 +29,28 @@ from edgemm.errors import (
     UsageError,
 )
 from edgemm.runtime.backends.base import Backend, axis_meanings
-from edgemm.runtime.backends.onnxruntime import OrtBackend, tensorrt_ep_options
-from edgemm.runtime.golden import check_golden
+from edgemm.runtime.backends.kinds import (  # noqa: F401  (unavailable_reason, RUNNABLE_KINDS: public here too)
+    RUNNABLE_KINDS,
+    _ep_can_run,
+    make_backend,
+    unavailable_reason,
+)
+from edgemm.runtime.backends.onnxruntime import tensorrt_ep_options
+from edgemm.runtime.golden import check_golden, load_golden
 from edgemm.runtime.postprocess import TOKEN_TYPES, Prediction, postprocess
 from edgemm.runtime.preprocess.pipeline import Preprocessor
+from edgemm.runtime.ranking import (
+    INTERLEAVE_MAX_BYTES,
+    Ranking,
+    batch_one,
+    cached_ranking,
+    prune_unfused,
+    rank,
+    ranking_mode,
+    static_order,
+)
 from edgemm.runtime.semantics import check_semantics
-from edgemm.runtime.sessions import available_devices
+from edgemm.runtime.sessions import available_devices, default_threads
 from edgemm.runtime.trt_compat import (
     ENGINE_KIND,
     CompatPolicy,
@@ -48,18 +66,8 @@ DEVICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-ep")
 # Preference per device, best first. INT8 on a GPU provider is slower than FP32 (no QLinear CUDA
 # kernels), so CUDA prefers FP16; CPUs prefer INT8 where the bundle ships one that passed its gate.
 # TensorRT (engines or the ORT TensorRT EP) runs Q/DQ INT8 on tensor cores: INT8 first.
-_PRECISION_ORDER = {"cuda": ("fp16", "fp32", "mixed"), "cpu": ("int8", "mixed", "fp32"),
+_PRECISION_ORDER = {"cuda": ("fp16", "fp32", "mixed"), "cpu": ("int8", "mixed", "bf16", "fp32"),
                     "tensorrt-ep": ("int8", "fp16", "fp32"), "tensorrt": ("int8", "fp16", "fp32")}
-_PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider", "tensorrt-ep": "TensorrtExecutionProvider"}
-
-
-def _ep_can_run(art: Artifact, device: str) -> bool:
-    if device != "tensorrt-ep":
-        return _PROVIDER[device] in art.providers
-    # The plain fp32 graph parses in TensorRT too; ORT-fused graphs carry contrib ops it cannot take.
-    return _PROVIDER[device] in art.providers or (art.precision == "fp32" and not art.graph_optimized)
-
-
 def choose_engine(manifest: Manifest, host: HostInfo, policy: CompatPolicy | None = None,
                   requested: str | None = None) -> tuple[list[Artifact], list[str]]:
     """TensorRT engine artifacts that may be deserialized here, best first, and why the others may not.
@@ -88,43 +96,120 @@ def choose_engine(manifest: Manifest, host: HostInfo, policy: CompatPolicy | Non
     return usable, skipped
 
 
-def choose_artifact(manifest: Manifest, device: str, requested: str | None = None) -> tuple[Artifact, list[str]]:
-    """Pick the artifact to run on ``device``; returns it and why the others were skipped."""
-    if requested is not None:
-        art = manifest.artifact(requested)
-        if art.kind != "onnx" or not _ep_can_run(art, device):
-            raise BackendUnavailableError(
-                f"Artifact {requested!r} cannot run on {device} (providers: {', '.join(art.providers)}).",
-                hint="Choose another --artifact or --device.",
-            )
-        return art, []
+def candidates(manifest: Manifest, device: str) -> tuple[list[Artifact], list[str]]:
+    """The artifacts that may run on ``device`` here (gate passed, kind runnable), in the static
+    order, and why each other artifact may not."""
     skipped: list[str] = []
-    ranked: list[tuple[tuple[int, int, int], Artifact]] = []
+    usable: list[Artifact] = []
     order = _PRECISION_ORDER[device]
     for art in manifest.artifacts:
-        if art.kind == ENGINE_KIND:
-            skipped.append(f"{art.name}: TensorRT engine, not an ONNX graph for {device}")
-        elif art.kind != "onnx":
-            skipped.append(f"{art.name}: kind {art.kind} has no backend in this runtime")
-        elif not _ep_can_run(art, device):
-            skipped.append(f"{art.name}: not built for {device}")
+        reason = unavailable_reason(art, device)
+        if reason is not None:
+            skipped.append(f"{art.name}: {reason}")
         elif art.gate_failed:
             skipped.append(f"{art.name}: failed its accuracy gate")
         elif art.precision not in order:
             skipped.append(f"{art.name}: precision {art.precision} is not used on {device}")
         else:
-            # Same precision: prefer the fused graph, then (CPU) dynamic INT8 over QDQ, whose
-            # S8S8 kernels are slow on CPUs without VNNI.
-            ranked.append(((order.index(art.precision), 0 if art.graph_optimized else 1,
-                            1 if art.quantization_method == "int8-static-qdq" else 0), art))
-    if not ranked:
+            usable.append(art)
+    if device == "cpu":
+        return static_order(usable), skipped
+    # Same precision: prefer the fused graph, then dynamic INT8 over QDQ.
+    usable.sort(key=lambda a: (order.index(a.precision), 0 if a.graph_optimized else 1,
+                               1 if a.quantization_method == "int8-static-qdq" else 0))
+    return usable, skipped
+
+
+def choose_artifact(manifest: Manifest, device: str, requested: str | None = None, *,
+                    bundle: str | os.PathLike[str] | None = None, threads: int | None = None) -> tuple[Artifact, list[str]]:
+    """Pick the artifact to run on ``device``: the one ranking ``predict``, ``serve`` and ``bench`` share.
+
+    On ``cpu`` with ``bundle`` given, the candidates are ranked by measurement on this machine
+    (cached per machine and bundle; see :mod:`edgemm.runtime.ranking`), exactly as
+    :meth:`Predictor.load` ranks them. Without ``bundle`` nothing can be measured: a ranking
+    this machine cached for the manifest is used, else the static order decides — pass
+    ``bundle`` to be sure of the runtime's answer.
+
+    Args:
+        manifest: The bundle's manifest.
+        device: ``"cpu"``, ``"cuda"`` or ``"tensorrt-ep"``.
+        requested: An artifact name that wins if it can run here.
+        bundle: The bundle directory (enables the measured ranking on ``cpu``).
+        threads: The intra-op threads the predictor will use (default: :func:`default_threads`).
+
+    Returns:
+        The artifact and why each other artifact was skipped or ranked lower.
+
+    Raises:
+        UnknownArtifactError: ``requested`` is not in the bundle (the hint lists the names).
+        BackendUnavailableError: ``requested`` cannot run here, or nothing can.
+    """
+    if requested is not None:
+        return _requested(manifest, device, requested), []
+    usable, skipped = candidates(manifest, device)
+    if not usable:
+        raise _nothing_runs(device, skipped)
+    if device == "cpu" and bundle is None and ranking_mode() != "static":
+        measured, pruned = prune_unfused(usable)
+        cached = cached_ranking(manifest, [a.name for a in measured], threads or default_threads())
+        if cached is not None:
+            return manifest.artifact(cached.best), [*skipped, *pruned, *cached.reasons()]
+    if device != "cpu" or bundle is None:
+        skipped += _static_reasons(usable, device)
+        return usable[0], skipped
+    root = Path(bundle)
+    ranking, live, pruned = _rank_cpu(root, manifest, usable, threads or default_threads(), "all")
+    for backend in live.values():
+        backend.deactivate()
+    return manifest.artifact(ranking.best), [*skipped, *pruned, *ranking.reasons()]
+
+
+def _requested(manifest: Manifest, device: str, requested: str) -> Artifact:
+    art = manifest.artifact(requested)
+    reason = unavailable_reason(art, device)
+    if reason is not None:
         raise BackendUnavailableError(
-            f"No artifact of this bundle can run on {device}: " + "; ".join(skipped),
-            hint="Use --device cpu, or export with a recipe that targets this device.",
+            f"Artifact {requested!r} cannot run on {device}: {reason} (providers: {', '.join(art.providers)}).",
+            hint="Choose another --artifact or --device.",
         )
-    ranked.sort(key=lambda pair: pair[0])
-    skipped += [f"{art.name}: ranked below {ranked[0][1].name} on {device}" for _, art in ranked[1:]]
-    return ranked[0][1], skipped
+    return art
+
+
+def _nothing_runs(device: str, skipped: list[str]) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"No artifact of this bundle can run on {device}: " + "; ".join(skipped),
+        hint="Use --device cpu, or export with a recipe that targets this device.",
+    )
+
+
+def _static_reasons(usable: list[Artifact], device: str) -> list[str]:
+    return [f"{art.name}: ranked below {usable[0].name} on {device}" for art in usable[1:]]
+
+
+def _rank_cpu(root: Path, manifest: Manifest, usable: list[Artifact], threads: int,
+              optimization: str) -> tuple[Ranking, dict[str, Backend], list[str]]:
+    """Rank the CPU candidates (cache or measurement); returns the ranking, the live backends a
+    measurement left open, and the reasons for candidates not measured at all."""
+    measured, pruned = prune_unfused(usable)
+
+    def open_backend(art: Artifact) -> Backend:
+        verify_hashes(root, manifest, art.files)  # before the engine reads a byte
+        backend = make_backend(root, manifest, art, threads=threads, optimization=optimization)
+        backend.activate()
+        return backend
+
+    dynamic = {spec.name for spec in manifest.inputs if spec.shape and not isinstance(spec.shape[0], int)}
+
+    def feed() -> dict[str, np.ndarray] | None:
+        if manifest.golden is None:
+            return None
+        return batch_one(load_golden(root, manifest).feed, dynamic)
+
+    sizes = {entry.path: entry.bytes for entry in manifest.files}
+    total = sum(sizes.get(path, 0) for art in measured for path in art.files)
+    ranking, live = rank(root, measured, open_backend, feed, threads=threads,
+                         sequential=total > INTERLEAVE_MAX_BYTES)
+    return ranking, live, pruned
 
 
 class Predictor:
@@ -140,6 +225,8 @@ class Predictor:
         self.backend = backend
         self.artifact = artifact
         self.skipped = skipped
+        # How the CPU artifacts were ranked on this machine (None: not ranked, e.g. GPU or named).
+        self.ranking: Ranking | None = None
         self.preprocessor = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
         backend.axis_meanings = axis_meanings(manifest)  # out-of-profile inputs explained in user terms
         self.max_batch = manifest.max_batch or 64
@@ -165,7 +252,8 @@ class Predictor:
                 ``"cpu"``, ``"cuda"``, ``"tensorrt"`` (a native engine of the bundle, or an error)
                 or ``"tensorrt-ep"`` (an ONNX artifact through ONNX Runtime's TensorRT EP, with
                 engine and timing caches in this machine's cache directory).
-            artifact: Force an artifact by name (default: the best for the device).
+            artifact: Force an artifact by name (default: the best for the device; on the CPU the
+                best measured on this machine, see :mod:`edgemm.runtime.ranking`).
             threads: CPU intra-op threads (default: cores, at most 4).
             optimization: ONNX Runtime graph optimization level.
             allow_cpu_fallback: Accept a CUDA session that ONNX Runtime placed on the CPU, reported
@@ -207,7 +295,7 @@ class Predictor:
         for step in chain:
             fallback = allow_cpu_fallback if allow_cpu_fallback is not None else device == "auto"
             try:
-                predictor = cls._load_onnx(root, manifest, step, artifact, threads, optimization, fallback, skipped)
+                predictor = cls._load_artifact(root, manifest, step, artifact, threads, optimization, fallback, skipped)
             except BackendUnavailableError as exc:
                 if device != "auto" or step == chain[-1]:
                     raise
@@ -218,32 +306,62 @@ class Predictor:
         raise last or BackendUnavailableError("No artifact can run here.")  # pragma: no cover - chain ends on cpu
 
     @classmethod
-    def _load_onnx(cls, root: Path, manifest: Manifest, device: str, artifact: str | None, threads: int | None,
-                   optimization: str, fallback: bool, skipped: list[str]) -> Predictor:
+    def _load_artifact(cls, root: Path, manifest: Manifest, device: str, artifact: str | None, threads: int | None,
+                       optimization: str, fallback: bool, skipped: list[str]) -> Predictor:
         if device == "cuda" and "cuda" not in available_devices():
             raise BackendUnavailableError(
                 "--device cuda was requested but ONNX Runtime here has no CUDA provider.",
                 hint="Install onnxruntime-gpu instead of onnxruntime (see README), or use --device cpu.",
             )
-        chosen, why = choose_artifact(manifest, device, None if artifact and manifest.artifact(artifact).kind == ENGINE_KIND
-                                      else artifact)
-        skipped += why
-        verify_hashes(root, manifest, [*chosen.files, *manifest.asset_paths()])
+        options = None
+        ort_device = "tensorrt" if device == "tensorrt-ep" else device
+        ranking: Ranking | None = None
+        live: dict[str, Backend] = {}
+        if artifact is not None and manifest.artifact(artifact).kind != ENGINE_KIND:
+            order = [_requested(manifest, device, artifact)]
+        else:
+            order, why = candidates(manifest, device)
+            skipped += why
+            if not order:
+                raise _nothing_runs(device, skipped)
+            if device == "cpu":
+                ranking, live, pruned = _rank_cpu(root, manifest, order, threads or default_threads(), optimization)
+                skipped += pruned
+                order = [manifest.artifact(name) for name in ranking.order]
+            else:
+                skipped += _static_reasons(order, device)
+        try:
+            for index, chosen in enumerate(order):
+                backend = live.pop(chosen.name, None)
+                if backend is not None:
+                    verify_hashes(root, manifest, manifest.asset_paths())
+                    break
+                verify_hashes(root, manifest, [*chosen.files, *manifest.asset_paths()])
+                if device == "tensorrt-ep":
+                    options = tensorrt_ep_options(manifest.inputs, bundle_cache_dir(root), fp16=chosen.precision == "fp16",
+                                                  int8=chosen.quantization_method == "int8-static-qdq")
+                backend = make_backend(root, manifest, chosen, device=ort_device, threads=threads,
+                                       optimization=optimization, allow_cpu_fallback=fallback, provider_options=options)
+                try:
+                    backend.activate()
+                    break
+                except (BackendUnavailableError, MissingDependencyError, RuntimeFailure) as exc:
+                    # A requested or ONNX Runtime artifact that cannot load is an error; a
+                    # ranked OpenVINO / split artifact that cannot gives way to the next one.
+                    if artifact is not None or chosen.kind == "onnx" or index == len(order) - 1:
+                        raise
+                    skipped.append(f"{chosen.name}: could not be loaded here: {exc.message}")
+        finally:
+            for other in live.values():
+                other.deactivate()
+        if ranking is not None:
+            skipped += [r for r in ranking.reasons() if not r.startswith(f"{chosen.name}:")]
         for reason in skipped:
             log.info("skipped %s", reason)
-        options = None
-        ort_device = device
-        if device == "tensorrt-ep":
-            ort_device = "tensorrt"
-            cache = bundle_cache_dir(root)
-            options = tensorrt_ep_options(manifest.inputs, cache, fp16=chosen.precision == "fp16",
-                                          int8=chosen.quantization_method == "int8-static-qdq")
-        backend = OrtBackend(root / chosen.path, manifest.inputs, manifest.outputs, device=ort_device,
-                             threads=threads, optimization=optimization, allow_cpu_fallback=fallback,
-                             provider_options=options)
-        backend.activate()
         log.info("artifact %s on %s", chosen.name, backend.device)
-        return cls(root, manifest, backend, chosen, skipped)
+        predictor = cls(root, manifest, backend, chosen, skipped)
+        predictor.ranking = ranking
+        return predictor
 
     # -- properties -----------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -56,8 +58,198 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
+# The CPU thread policy of every session edgemm makes (issue 16). A kiosk shares its cores with a
+# browser: ONNX Runtime's default spin-waiting workers burn the core another process needs and
+# then wait for the thread that lost its core, so one busy core made batch 1 1.6-3.9x slower, and
+# erratically. Blocking workers kept the contended p50 within 1.07-1.18x (b1) / 1.25-1.32x (b8) of
+# the quiet one, at a price: ~1 ms more at batch 1 on an idle machine (measured interleaved on a
+# 2-core EPYC: benchmarks/results/cpu-amd-epyc-2c/thread-policy.md). Multi-threaded CPU sessions
+# therefore adapt (:class:`AdaptiveSession`): spinning while the machine is otherwise idle,
+# blocking while other processes keep a core busy; these entries are the blocking half.
+CPU_SESSION_CONFIG = {
+    "session.intra_op.allow_spinning": "0",
+    "session.inter_op.allow_spinning": "0",
+}
+SPIN_MODES = ("auto", "1", "0")
+
+
+def spin_mode() -> str:
+    """The spin policy asked for by ``EDGEMM_SPIN``: ``auto`` (default), ``1`` (always spin), ``0`` (never).
+
+    Raises:
+        UsageError: Any other value.
+    """
+    value = os.environ.get("EDGEMM_SPIN", "auto").strip().lower() or "auto"
+    if value not in SPIN_MODES:
+        raise UsageError(f"EDGEMM_SPIN={value!r} is not a spin policy.",
+                         hint="Use auto (adapt to contention), 1 (always spin) or 0 (never spin).")
+    return value
+
+
+def cpu_session_config(spin: bool | None = None) -> dict[str, str]:
+    """ONNX Runtime session config entries of edgemm's CPU thread policy (see ``CPU_SESSION_CONFIG``).
+
+    Args:
+        spin: True: ONNX Runtime's spin-waiting workers (no entries); False: blocking workers;
+            None: from ``EDGEMM_SPIN`` -- ``1`` spins, ``0`` and ``auto`` block (a single session
+            cannot adapt, and blocking is the steady choice beside a browser).
+
+    Returns:
+        Config entries for ``SessionOptions.add_session_config_entry``.
+    """
+    if spin is None:
+        spin = spin_mode() == "1"
+    return {} if spin else dict(CPU_SESSION_CONFIG)
+
+
+class ContentionDetector:
+    """Whether other processes keep a core busy, from ``/proc/stat`` and this process's CPU time.
+
+    Sampled at call time, at most every ``interval`` seconds (no background thread): the busy
+    jiffies of all CPUs minus this process's own CPU time, over wall time, is the other
+    processes' use in cores. Contention starts at ``enter`` cores and ends below ``leave``
+    (hysteresis, so a noisy reading near one threshold does not flip sessions every call).
+    Thread-safe; one per process (:func:`contention_detector`) serves every session.
+
+    Args:
+        reader: Returns ``(busy_cpu_seconds_of_all_cpus, own_cpu_seconds)`` or None when
+            unreadable (tests inject synthetic readings); default :func:`read_cpu_times`.
+        clock: Monotonic seconds (injectable for tests).
+        interval / enter / leave: Seconds between samples; thresholds in cores.
+    """
+
+    def __init__(self, reader: Any = None, *, clock: Any = time.monotonic, interval: float = 0.1,
+                 enter: float = 0.5, leave: float = 0.3):
+        self._reader = reader or read_cpu_times
+        self._clock = clock
+        self.interval, self.enter, self.leave = interval, enter, leave
+        self._lock = threading.Lock()
+        self._last: tuple[float, float, float] | None = None
+        self.contended = False
+        self.other_cores: float | None = None
+        first = self._reader()
+        self.available = first is not None
+        if first is not None:
+            self._last = (self._clock(), *first)
+
+    def check(self) -> bool:
+        """True while other processes use at least ``enter`` cores (until they drop below ``leave``)."""
+        if not self.available:
+            return False
+        now = self._clock()
+        last = self._last
+        if last is not None and now - last[0] < self.interval:
+            return self.contended
+        # Another thread already sampling: its answer is as good as ours, do not wait for it.
+        if not self._lock.acquire(blocking=False):
+            return self.contended
+        try:
+            reading = self._reader()
+            if reading is None:
+                return self.contended
+            last = self._last
+            self._last = (now, *reading)
+            if last is None or now <= last[0]:
+                return self.contended
+            others = ((reading[0] - last[1]) - (reading[1] - last[2])) / (now - last[0])
+            self.other_cores = others
+            self.contended = others >= self.enter if not self.contended else others >= self.leave
+            return self.contended
+        finally:
+            self._lock.release()
+
+
+def read_cpu_times() -> tuple[float, float] | None:
+    """``(busy CPU seconds of all CPUs, this process's CPU seconds)``, or None off Linux.
+
+    Busy is everything but idle and iowait in ``/proc/stat``'s aggregate line, steal included
+    (a hypervisor taking the core is contention too).
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:9]]
+    busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # minus idle, iowait
+    own = os.times()
+    return busy / tick, own.user + own.system
+
+
+@functools.lru_cache(maxsize=1)
+def contention_detector() -> ContentionDetector:
+    """The process's one :class:`ContentionDetector`, shared by every adaptive session."""
+    return ContentionDetector()
+
+
+class AdaptiveSession:
+    """Two CPU sessions of one model: spinning while the machine is idle, blocking under contention.
+
+    The spinning session is made at once; the blocking one the first time the detector sees
+    contention (most kiosks never need its memory). Other attributes (``get_inputs``,
+    ``get_providers``, ``io_binding`` …) are the spinning session's.
+
+    Args:
+        make: ``make(spin)`` builds the session with spinning (True) or blocking (False) workers.
+        detector: Contention detector (default: :func:`contention_detector`).
+    """
+
+    def __init__(self, make: Any, detector: ContentionDetector | None = None):
+        self._make = make
+        self._detector = detector or contention_detector()
+        self.spinning = make(True)
+        self.blocking: Any = None
+        self.last_mode: str | None = None
+        self._lock = threading.Lock()
+
+    def _session(self) -> Any:
+        if not self._detector.check():
+            self.last_mode = "spin"
+            return self.spinning
+        if self.blocking is None:
+            with self._lock:
+                if self.blocking is None:
+                    self.blocking = self._make(False)
+        self.last_mode = "no-spin"
+        return self.blocking
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        """``InferenceSession.run`` on the session the current contention calls for."""
+        return self._session().run(output_names, input_feed, run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        if "spinning" not in self.__dict__:  # during __init__ or unpickling
+            raise AttributeError(name)
+        return getattr(self.__dict__["spinning"], name)
+
+
+def openvino_cpu_properties(threads: int | None = None) -> dict[str, str]:
+    """OpenVINO CPU plugin properties with the same kiosk policy as ONNX Runtime sessions.
+
+    Latency hint with one stream (one request at a time, as a kiosk asks), ``threads``
+    inference threads (default :func:`default_threads`), and no pinning of those threads to
+    cores: a pinned thread whose core the browser takes cannot move to the free one.
+
+    Args:
+        threads: Inference threads (None: :func:`default_threads`).
+
+    Returns:
+        String keys and values, for ``core.compile_model(model, "CPU", properties)``.
+    """
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(threads or default_threads()),
+        "ENABLE_CPU_PINNING": "NO",
+    }
+
+
 def session_options(*, threads: int | None = None, optimization: str = "all",
-                    free_dims: dict[str, int] | None = None) -> Any:
+                    free_dims: dict[str, int] | None = None, thread_policy: bool = True,
+                    spin: bool | None = None) -> Any:
     """``SessionOptions`` with edgemm's conventions.
 
     Args:
@@ -65,6 +257,10 @@ def session_options(*, threads: int | None = None, optimization: str = "all",
         optimization: ``disable`` keeps every tensor as written (activation matching);
             ``basic`` / ``extended`` / ``all`` are ONNX Runtime's levels.
         free_dims: Fix dynamic axes by name (fixed-shape sessions fold shape subgraphs away).
+        thread_policy: Apply edgemm's CPU thread policy (:func:`cpu_session_config`: workers
+            block instead of spinning); False keeps ONNX Runtime's defaults (e.g. for a peer
+            that stands for what a user would write).
+        spin: With ``thread_policy``: see :func:`cpu_session_config` (None: ``EDGEMM_SPIN``).
 
     Raises:
         UsageError: An unknown optimization level or a thread count below 1.
@@ -89,6 +285,9 @@ def session_options(*, threads: int | None = None, optimization: str = "all",
     }[optimization]
     for axis, size in (free_dims or {}).items():
         options.add_free_dimension_override_by_name(axis, int(size))
+    if thread_policy:
+        for key, value in cpu_session_config(spin).items():
+            options.add_session_config_entry(key, value)
     return options
 
 
@@ -134,12 +333,23 @@ def create_session(model: str | os.PathLike[str] | bytes, *, device: str = "cpu"
 
     Returns:
         The session. Which provider it really uses is the caller's to check (``get_providers()``).
+        A CPU session with ``threads`` > 1 under ``EDGEMM_SPIN=auto`` (the default) on Linux is an
+        :class:`AdaptiveSession` (spinning while idle, blocking under contention).
 
     Raises:
         BackendUnavailableError: The device's provider is missing.
         One of :func:`engine_errors`: ONNX Runtime refused the model.
     """
     source = model if isinstance(model, bytes) else str(Path(model))
-    return onnxruntime().InferenceSession(
-        source, sess_options=session_options(threads=threads, optimization=optimization, free_dims=free_dims),
-        providers=providers_for(device, device_id=device_id, provider_options=provider_options, cuda_graph=cuda_graph))
+    providers = providers_for(device, device_id=device_id, provider_options=provider_options, cuda_graph=cuda_graph)
+
+    def make(spin: bool | None) -> Any:
+        options = session_options(threads=threads, optimization=optimization, free_dims=free_dims, spin=spin)
+        return onnxruntime().InferenceSession(source, sess_options=options, providers=providers)
+
+    # Only multi-threaded CPU sessions spin-wait at all; where /proc cannot be read (not Linux)
+    # there is nothing to adapt to and the blocking policy, steady beside a browser, stays.
+    if (device == "cpu" and threads is not None and threads > 1 and spin_mode() == "auto"
+            and contention_detector().available):
+        return AdaptiveSession(make)
+    return make(None)

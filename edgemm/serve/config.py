@@ -27,6 +27,8 @@ class ServeConfig:
         allowed_hosts: Host header values accepted (DNS-rebinding guard); loopback names always.
         allowed_origins: Extra browser origins allowed to call the API (same origin always is).
         device: ``auto`` / ``cpu`` / ``cuda`` for the predictor.
+        artifact: Serve this artifact by name (``None``: the best this machine can run, the
+            artifact ``predict`` and ``bench`` choose too).
         device_policy: ``allow_cpu`` (a GPU that is missing or fell back is reported as degraded)
             or ``require_gpu`` (the server refuses to become ready without one).
         max_body_bytes: Request body cap, enforced while the body streams in.
@@ -71,6 +73,7 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     device: str = "auto"
+    artifact: str | None = None
     device_policy: str = "allow_cpu"
     max_body_bytes: int = 12 * 1024 * 1024
     max_text_chars: int = 2000

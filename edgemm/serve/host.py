@@ -132,7 +132,8 @@ class ModelHost:
             EdgemmError: Invalid bundle, device policy not met, or the canary failed.
         """
         policy = self.config.device_policy
-        predictor = Predictor.load(source, device=self.config.device, threads=self.config.threads,
+        predictor = Predictor.load(source, device=self.config.device, artifact=self.config.artifact,
+                                   threads=self.config.threads,
                                    allow_cpu_fallback=policy == "allow_cpu")
         if policy == "require_gpu" and (predictor.device not in GPU_DEVICES or predictor.degraded):
             predictor.close()

@@ -29,6 +29,8 @@ ONNX_KINDS = ("onnx",)
 # Serialized TensorRT engines.
 TENSORRT_KINDS = (ENGINE_KIND,)
 SUPPORTED_KINDS = ONNX_KINDS + TENSORRT_KINDS
+# Artifacts edgemm builds for its own kiosk runtime only (a default selection skips them).
+KIOSK_ONLY_KINDS = ("openvino", "split")
 # max_batch_size of a bundle without a batch profile.
 DEFAULT_MAX_BATCH = 64
 _ONE_BATCH_AXIS = "Serve this bundle with `edgemm serve`; Triton needs one shared batch axis."
@@ -143,6 +145,15 @@ def plan_repository(root: Path, manifest: Manifest, options: TritonSection) -> P
 
 def _select_artifacts(manifest: Manifest, options: TritonSection) -> tuple[Artifact, ...]:
     chosen = [manifest.artifact(n) for n in options.artifacts] if options.artifacts else list(manifest.artifacts)
+    if not options.artifacts:
+        # Artifacts for the kiosk's own runtime (OpenVINO IR, split graphs) have no Triton backend
+        # here: a default selection leaves them out and says so; an explicit one is refused below,
+        # and so is any kind edgemm does not know.
+        for art in chosen:
+            if art.kind in KIOSK_ONLY_KINDS:
+                log.info("triton: artifact %s left out: kind %s has no Triton backend in this exporter",
+                         art.name, art.kind)
+        chosen = [a for a in chosen if a.kind not in KIOSK_ONLY_KINDS] or chosen
     bad = [a for a in chosen if a.kind not in SUPPORTED_KINDS]
     if bad:
         usable = [a.name for a in manifest.artifacts if a.kind in SUPPORTED_KINDS]

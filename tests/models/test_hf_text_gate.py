@@ -9,6 +9,7 @@ import torch
 import transformers as tf
 
 from edgemm.bundle.verify import verify_bundle
+from edgemm.recipes import load_recipe
 from edgemm.runtime.predictor import Predictor
 from tests.models.hf_text_builders import (
     INPUTS,
@@ -20,6 +21,8 @@ from tests.models.hf_text_builders import (
     write_jsonl,
 )
 
+KIOSK_VARIANTS = [v.name for v in load_recipe("cpu-kiosk").variants]
+
 
 def _gated(manifest, recipe_variants):
     gate = manifest.validation["gate"]
@@ -27,6 +30,8 @@ def _gated(manifest, recipe_variants):
     reports = {r["variant"]: r for r in gate["variants"]}
     assert set(reports) == set(recipe_variants)
     for name, report in reports.items():
+        if report["outcome"].startswith(("not applicable: CPU lacks BF16", "not built: openvino not installed")):
+            continue  # an OpenVINO variant this machine cannot build, recorded as such
         assert report["attempts"] and "gate" in report["attempts"][0], report
         shipped = [a for a in manifest.artifacts if a.name == name]
         if shipped:
@@ -39,7 +44,7 @@ def test_sentiment_gate_uses_the_held_out_split(tmp_path):
     data = write_jsonl(tmp_path / "sentiment.jsonl", sentiment_records())
     export_cli(folder, tmp_path / "bundle", "--target", "cpu-kiosk", "--eval-data", str(data))
     manifest = verify_bundle(tmp_path / "bundle")
-    gate = _gated(manifest, ["fp32-opt", "int8", "int8-text"])
+    gate = _gated(manifest, KIOSK_VARIANTS)
     assert gate["metric"] == "accuracy" and 0.0 <= gate["fp32"]["accuracy"] <= 1.0
     assert manifest.validation["parity"]["sources"]["real_records"]["count"] > 0
 
@@ -49,7 +54,7 @@ def test_ner_gate_compares_tags_per_word(tmp_path):
     data = write_jsonl(tmp_path / "ner.jsonl", ner_records())
     export_cli(folder, tmp_path / "bundle", "--target", "cpu-kiosk", "--eval-data", str(data))
     manifest = verify_bundle(tmp_path / "bundle")
-    gate = _gated(manifest, ["fp32-opt", "int8", "int8-text"])
+    gate = _gated(manifest, KIOSK_VARIANTS)
     assert gate["fp32"]["accuracy"] > 0.0 and gate["fp32"]["macro_f1"] >= 0.0
     with Predictor.load(tmp_path / "bundle", device="cpu") as predictor:
         assert isinstance(predictor.predict(text=INPUTS[3]).entities, list)

@@ -18,6 +18,7 @@ from edgemm.errors import BackendUnavailableError
 from edgemm.export.pipeline import ExportOptions, export_bundle
 from edgemm.recipes import load_recipe
 from edgemm.runtime import Predictor
+from edgemm.runtime.backends.openvino import has_bf16
 from tests.conftest import run_edge
 
 NEGATIVE_CONTROL = """
@@ -59,7 +60,9 @@ def test_cpu_kiosk_ships_int8_within_budget(cpu_kiosk):
     bundle, doc = cpu_kiosk
     manifest = verify_bundle(bundle)
     names = {a.name: a for a in manifest.artifacts}
-    assert set(names) == {"fp32", "fp32-opt", "int8", "int8-text"}
+    openvino = {"ov-int8", "ov-bf16"} if has_bf16() else {"ov-int8"}  # BF16 only where the CPU has it
+    assert set(names) == {"fp32", "fp32-opt", "int8", "int8-text", "int8-split"} | openvino
+    assert all(names[n].kind == "openvino" and names[n].validation["gate"]["passed"] for n in openvino)
     for name in ("fp32-opt", "int8", "int8-text"):
         gate = names[name].validation["gate"]
         assert gate["passed"] and gate["drop_points"] <= 0.5 and gate["nonfinite"] == 0, (name, gate)
@@ -90,7 +93,7 @@ def test_cpu_kiosk_inspect_verify_and_runtime_choice(cpu_kiosk, digit_match):
     assert "int8" in out and "agreement" in out and "fusions" in out and "Attention 6" in out
     code, out, err, guard = run_edge("verify", str(bundle), "--json")
     assert code == 0, err
-    assert {r["artifact"] for r in json.loads(out)["artifacts"]} == {"fp32", "fp32-opt", "int8", "int8-text"}
+    assert {r["artifact"] for r in json.loads(out)["artifacts"]} >= {"fp32", "fp32-opt", "int8", "int8-text", "ov-int8"}
     records = digit_match.split("test")[:6]
     args = []
     for r in records:
@@ -98,12 +101,13 @@ def test_cpu_kiosk_inspect_verify_and_runtime_choice(cpu_kiosk, digit_match):
     code, out, err, guard = run_edge("predict", str(bundle), *args, "--device", "cpu", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["artifact"] == "int8"
+    assert doc["artifact"] not in ("fp32", "fp32-opt")  # the fastest measured here, never plain FP32
     correct = sum(p["label"] == r.label for p, r in zip(doc["predictions"], records))
     assert correct >= 5, (correct, doc["predictions"])  # a ≥97 % model, 6 real test pairs
     assert guard == {"modules": [], "sockets": 0}
-    with Predictor.load(bundle, device="cpu") as predictor:
-        assert predictor.artifact.name == "int8"
+    with Predictor.load(bundle, device="cpu") as predictor:  # one ranking: predict's, from the cache
+        if predictor.ranking.source == "cache":  # (measured on a busy machine: measured again)
+            assert predictor.artifact.name == doc["artifact"]
         assert any("fp32-opt" in reason for reason in predictor.skipped)
 
 

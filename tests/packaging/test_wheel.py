@@ -173,6 +173,14 @@ def test_base_install_runs_a_bundle_torch_free(base_env, tiny_bundle, answer_png
     report = json.loads(bench.stdout)
     assert report["ok"] and {row["contender"].split(":")[0] for row in report["latency"]} == {"edgemm"}
     assert report["cold_start"] and "Traceback" not in bench.stderr
+    # -o without matplotlib: the numbers and bench.html are written, and they say why no plot is.
+    out = base_env.scratch / "bench-report"
+    reported = base_env.edgemm("bench", tiny_bundle, "--peers", "none", "--iterations", "2", "--warmup", "1",
+                               "--rounds", "1", "--cold-runs", "1", "-o", out)
+    assert reported.returncode == 0, reported.stderr
+    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.csv", "bench.html"}
+    assert "pip install 'edgemm[bench]'" in (out / "bench.html").read_text(encoding="utf-8")
+    assert "pip install 'edgemm[bench]'" in reported.stdout + reported.stderr
 
 
 MISSING_EXTRA = {  # command line → the extra its hint must name
@@ -182,7 +190,6 @@ MISSING_EXTRA = {  # command line → the extra its hint must name
                          "export"),
     "serve": (["serve", "{bundle}"], "serve"),
     "serve-store": (["serve", "--store", "{out}"], "serve"),
-    "bench-plots": (["bench", "{bundle}", "--peers", "none", "-o", "{out}"], "bench"),
     "bench-digit-match": (["bench", "{bundle}", "--peers", "none", "--eval-data", "digit-match", "--iterations", "1"],
                           "bench"),
     "bench-peer": (["bench", "{bundle}", "--peers", "torch-eager", "--iterations", "1"], "export"),
@@ -211,7 +218,10 @@ def test_export_with_cpu_kiosk_and_serve_from_the_wheel(export_env, tiny_ckpt, t
     report = json.loads(exported.stdout)
     assert report["recipe"] == "cpu-kiosk"  # the recipe came out of the wheel (edgemm.targets)
     variants = {v["variant"]: v["outcome"] for v in report["gate"]["variants"]}
-    assert set(variants) == {"fp32-opt", "int8", "int8-text"}, variants  # each gated on the held-out data
+    assert set(variants) == {"fp32-opt", "int8", "int8-text", "ov-int8", "ov-bf16"}, variants  # each gated
+    # [export,serve] has no openvino: recorded as not built, and the export still succeeds.
+    assert variants["ov-int8"] == variants["ov-bf16"] == \
+        "not built: openvino not installed (pip install 'edgemm[openvino]')", variants
     assert "fp32" in {a["name"] for a in report["artifacts"]}
     assert wrong_modes(bundle, 0o022) == []  # readable by the kiosk's service user
 

@@ -61,6 +61,14 @@ def _bundle(root: Path, artifacts: list[dict[str, Any]], engines: list[tuple[str
     return root
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The static rules, without measuring (tests/runtime/test_ranking.py measures); any cache
+    stays out of the user's."""
+    monkeypatch.setenv("EDGEMM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEMM_RANKING", "static")
+
+
 KIOSK = [
     _artifact("fp32", "fp32", providers=CPU_GPU),
     _artifact("fp32-opt", "fp32", fused=True, providers=CPU_GPU),
@@ -143,7 +151,8 @@ def test_predictor_load_runs_the_chosen_artifact_and_keeps_the_reasons(tmp_path:
     with Predictor.load(bundle, device="auto") as predictor:
         assert predictor.artifact.name == "int8" and predictor.device == "cpu"
         assert "cuda: ONNX Runtime here has no CUDA provider" in predictor.skipped
-        assert any(s.startswith("fp32: ranked below int8") for s in predictor.skipped)
+        assert any(s.startswith("fp32: ranked below fp32-opt") for s in predictor.skipped)  # fused twin
+        assert any(s.startswith("fp32-opt: ranked below int8") for s in predictor.skipped)
         assert predictor.check_golden()["passed"]
         out = predictor.run({"x": np.ones((3, 4), np.float32)})
         assert out["logits"].shape == (3, 3)

@@ -1,0 +1,293 @@
+"""OpenVINO backend for the CPU: an OpenVINO IR artifact (``kind = "openvino"``) of a verified bundle.
+
+Edge side, torch-free: needs only the ``openvino`` package (``pip install 'edgemm[openvino]'``),
+imported when a backend activates. The properties every compile uses come from one function,
+:func:`ov_properties`, so the build side's accuracy gate and the kiosk run the same numerics
+(the artifact's recorded ``inference_precision``), and thread / spin policy lives in one place.
+
+One compiled model per backend; one infer request per calling thread (an OpenVINO infer request
+is not thread-safe, a compiled model is), so the server's batcher and a bench's threads can
+share a backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import platform
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm._deps import require
+from edgemm.bundle.manifest import Artifact, Manifest, TensorSpec
+from edgemm.errors import BackendUnavailableError, RuntimeFailure, UsageError
+from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.sessions import default_threads, openvino_cpu_properties
+
+log = logging.getLogger("edgemm.runtime")
+
+KIND = "openvino"
+PROVIDER = "OpenVINO:CPU"
+INSTALL_HINT = "pip install 'edgemm[openvino]'"
+# The CPU features OpenVINO's BF16 kernels need (either one); without them it emulates or refuses.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INFERENCE_PRECISIONS = ("f32", "bf16")
+# OpenVINO's CPU plugin: x86-64 and ARM64.
+_MACHINES = {"x86_64", "amd64", "aarch64", "arm64"}
+
+
+class OpenVinoError(Exception):
+    """An error raised by OpenVINO itself during inference (its own type is a bare ``RuntimeError``)."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags of this machine (``/proc/cpuinfo``), or None where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def has_bf16() -> bool:
+    """Whether this CPU has native BF16 (``avx512_bf16`` or ``amx_bf16``); False when unknown."""
+    flags = cpu_flags()
+    return flags is not None and any(f in flags for f in BF16_FLAGS)
+
+
+def openvino_installed() -> bool:
+    """Whether the ``openvino`` package can be found (without importing it: that costs ~0.3 s)."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def unavailable_reason(artifact: Artifact) -> str | None:
+    """Why this machine cannot run ``artifact`` through OpenVINO, or None when it can.
+
+    Decided from the manifest record and this machine only (nothing is compiled): the artifact's
+    kind, the CPU architecture, whether ``openvino`` is installed, and the CPU flags the artifact
+    requires (``requirements.cpu_flags_any``: BF16 artifacts need ``avx512_bf16`` or ``amx_bf16``).
+    """
+    if artifact.kind != KIND:
+        return f"not an OpenVINO artifact (kind {artifact.kind})"
+    machine = platform.machine().lower()
+    if machine not in _MACHINES:
+        return f"OpenVINO's CPU plugin runs on x86-64 and ARM64, not {machine or 'this machine'}"
+    if not openvino_installed():
+        return f"openvino is not installed: {INSTALL_HINT}"
+    needed = [str(f) for f in artifact.requirements.get("cpu_flags_any") or []]
+    if needed:
+        flags = cpu_flags()
+        if flags is None:
+            return f"the CPU flags cannot be read here, and the artifact needs one of {', '.join(needed)}"
+        if not any(f in flags for f in needed):
+            return f"the CPU lacks {' / '.join(needed)} (needed for {artifact.precision.upper()})"
+    return None
+
+
+def ov_properties(inference_precision: str = "f32", threads: int | None = None) -> dict[str, Any]:
+    """The OpenVINO CPU properties of every edgemm compile (runtime, gate, bench).
+
+    The runtime's CPU policy (:func:`edgemm.runtime.sessions.openvino_cpu_properties`: one
+    stream, the LATENCY hint, the thread count, no pinning) plus an explicit inference precision
+    (OpenVINO's default on a BF16 CPU is bf16, which moves the logits).
+
+    Args:
+        inference_precision: ``"f32"`` or ``"bf16"`` (the artifact's ``requirements.inference_precision``).
+        threads: Inference threads (None: :func:`edgemm.runtime.sessions.default_threads`).
+
+    Returns:
+        String keys and values, as ``ov.Core.compile_model(..., config)`` takes them.
+
+    Raises:
+        UsageError: An unknown inference precision or a thread count below 1.
+    """
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise UsageError(f"Unknown OpenVINO inference precision {inference_precision!r}.",
+                         hint=f"Choose one of: {', '.join(INFERENCE_PRECISIONS)}.")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}.")
+    # Threads, streams and pinning follow the runtime's one CPU policy (shared with ONNX Runtime).
+    return {**openvino_cpu_properties(threads), "INFERENCE_PRECISION_HINT": inference_precision}
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def openvino() -> Any:
+    """The ``openvino`` module, imported on first use.
+
+    Raises:
+        MissingDependencyError: openvino is not installed (exit 3, names the extra).
+    """
+    return require("openvino", extra="openvino", purpose="running OpenVINO artifacts")
+
+
+def core() -> Any:
+    """The process's one ``ov.Core`` (creating one per model costs time and memory)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = openvino().Core()
+        return _CORE
+
+
+def compile_model(model: Any, *, inference_precision: str = "f32", threads: int | None = None,
+                  cache_dir: Path | None = None) -> Any:
+    """Compile an IR file (``.xml`` beside its ``.bin``) or an ``ov.Model`` for the CPU with :func:`ov_properties`.
+
+    Args:
+        model: The IR's ``.xml`` path, or an ``ov.Model``.
+        inference_precision / threads: See :func:`ov_properties`.
+        cache_dir: OpenVINO's model cache (``CACHE_DIR``): the compiled form is kept there and
+            later compiles of the same IR and properties load it (cold start ~0.8 → ~0.25 s for
+            the reference model). None: no cache.
+
+    Raises:
+        MissingDependencyError: openvino is not installed.
+        RuntimeFailure: OpenVINO could not read or compile the model (its error is the cause).
+    """
+    properties: dict[str, Any] = ov_properties(inference_precision, threads)
+    if cache_dir is not None:
+        properties["CACHE_DIR"] = str(cache_dir)
+    ov_core = core()
+    try:
+        source = ov_core.read_model(str(model)) if isinstance(model, (str, Path)) else model
+        return ov_core.compile_model(source, "CPU", properties)
+    except RuntimeError as exc:
+        name = Path(model).name if isinstance(model, (str, Path)) else "the model"
+        raise RuntimeFailure(f"OpenVINO could not load {name}: {str(exc).splitlines()[0][:300]}",
+                             hint="Run `edgemm verify` on the bundle; re-export it if verification fails.") from exc
+
+
+def infer(request: Any, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Run one infer request on ``feed`` and return copies of the named outputs.
+
+    Raises:
+        OpenVinoError: OpenVINO failed (shapes it cannot take, an internal error).
+    """
+    try:
+        result = request.infer(feed, share_inputs=True, share_outputs=False)
+    except RuntimeError as exc:
+        raise OpenVinoError(str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__) from exc
+    by_name: dict[str, np.ndarray] = {}
+    for port, value in result.items():
+        for name in port.get_names():
+            by_name[name] = value
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise OpenVinoError(f"the compiled model has no output(s) {missing} (it has {sorted(by_name)})")
+    return {n: np.asarray(by_name[n]) for n in names}
+
+
+def _model_cache(root: Path) -> Path | None:
+    """The bundle's OpenVINO cache on this machine (outside the read-only, hashed bundle), or
+    None where it cannot be created (a read-only home: compile every time)."""
+    from edgemm.runtime.trt_compat import bundle_cache_dir
+
+    try:
+        path = bundle_cache_dir(root) / "openvino"
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.debug("no OpenVINO model cache: %s", exc)
+        return None
+    return path
+
+
+class OpenVinoBackend(Backend):
+    """An OpenVINO IR compiled for the CPU.
+
+    Args:
+        model_path: The IR's ``.xml`` (its ``.bin`` beside it).
+        input_specs / output_specs: The manifest's graph interface (outputs are returned by these names).
+        inference_precision: ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``).
+        threads: Inference threads (default :func:`edgemm.runtime.sessions.default_threads`).
+        cache_dir: OpenVINO's compiled-model cache on this machine (None: compile every time);
+            :meth:`from_artifact` uses the bundle's machine-local cache directory.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_path: str | Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec], *,
+                 inference_precision: str = "f32", threads: int | None = None, cache_dir: Path | None = None):
+        super().__init__(input_specs, output_specs)
+        ov_properties(inference_precision, threads)  # refuse bad settings before anything loads
+        self.model_path = Path(model_path)
+        self.inference_precision = inference_precision
+        self.threads = threads or default_threads()
+        self.cache_dir = cache_dir
+        self.degraded: str | None = None
+        self._compiled: Any = None
+        self._local = threading.local()
+        self._output_names = [spec.name for spec in output_specs]
+
+    @classmethod
+    def from_artifact(cls, root: Path, manifest: Manifest, artifact: Artifact, *,
+                      threads: int | None = None) -> OpenVinoBackend:
+        """The backend for an OpenVINO artifact of a bundle whose files the caller has verified.
+
+        Args:
+            root: The bundle directory.
+            manifest: Its verified manifest (:func:`edgemm.bundle.verify.verify_bundle` hashed the IR).
+            artifact: An artifact of kind ``"openvino"``.
+            threads: Inference threads (None: the default).
+
+        Raises:
+            BackendUnavailableError: This machine cannot run it (:func:`unavailable_reason`; exit 3).
+        """
+        reason = unavailable_reason(artifact)
+        if reason is not None:
+            hint = INSTALL_HINT if "not installed" in reason else \
+                "Run one of the bundle's ONNX artifacts instead (--artifact fp32 or int8)."
+            raise BackendUnavailableError(f"OpenVINO artifact {artifact.name!r} cannot run here: {reason}.", hint=hint)
+        precision = str(artifact.requirements.get("inference_precision", "f32"))
+        return cls(root / artifact.path, manifest.inputs, manifest.outputs, inference_precision=precision,
+                   threads=threads, cache_dir=_model_cache(root))
+
+    def _activate_impl(self) -> None:
+        self._compiled = compile_model(self.model_path, inference_precision=self.inference_precision,
+                                       threads=self.threads, cache_dir=self.cache_dir)
+        self._local = threading.local()
+
+    def _deactivate_impl(self) -> None:
+        self._compiled = None
+        self._local = threading.local()
+
+    def _device_impl(self) -> str:
+        return "cpu"
+
+    def _engine_errors(self) -> tuple[type[BaseException], ...]:
+        return (OpenVinoError,)
+
+    def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return infer(request, feed, self._output_names)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """The properties OpenVINO reports for the compiled model (empty before :meth:`activate`)."""
+        if self._compiled is None:
+            return {}
+        out = {}
+        for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
+            try:
+                value = self._compiled.get_property(key)
+            except RuntimeError:
+                continue
+            # Precisions come back as ov.Type ("f32"); hints as enums ("PerformanceMode.LATENCY").
+            out[key] = value.to_string() if hasattr(value, "to_string") else str(getattr(value, "name", value))
+        return out

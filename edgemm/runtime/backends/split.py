@@ -1,0 +1,356 @@
+"""Branch-aware execution: a model cut into branch graphs run in sequence, with an answer cache.
+
+A kiosk asks the same question and hears the same few answers all day. An artifact of kind
+``split`` is the model cut where one encoder branch (text, or audio) meets fusion: a *branch
+part* (that branch's graph inputs → the tensors fusion reads from it) and a *rest part* (the
+other inputs plus those tensors → the model's outputs). :class:`SplitBackend` runs the branch
+part only for rows it has not seen, keeps their outputs in a bounded LRU cache keyed by the
+exact bytes of the row, and assembles each batch from cached and fresh rows.
+
+Why every fresh row is computed alone (batch 1), at its own length: an INT8-dynamic graph scales
+activations per *tensor*, so a row's branch output depends on its batch neighbours and on how
+far it was padded. Computing rows alone makes a row's output a pure function of its bytes: a
+cached row is bit-identical to the same row computed fresh, whatever batch it arrives in.
+Trailing padding is trimmed before the key is taken only where the export verified that the
+model ignores padded positions (``requirements.cache.padding == "trim"``).
+
+Torch-free: ONNX Runtime (through :func:`edgemm.runtime.sessions.create_session`) or, for parts
+built for it, OpenVINO.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemm.bundle.manifest import Artifact, Manifest, TensorSpec
+from edgemm.errors import BundleError, UsageError
+from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.sessions import create_session, default_threads, engine_errors
+
+SPLIT_KIND = "split"
+ENGINES = ("onnxruntime", "openvino")
+DEFAULT_CACHE_ENTRIES = 256
+_REBUILD = "The bundle is damaged or was not written by this edgemm; export it again."
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part of a split artifact (an entry of ``requirements.parts``).
+
+    Attributes:
+        name: ``"text"`` / ``"audio"`` (a cacheable branch) or ``"rest"``.
+        path: The part's model file, bundle-relative.
+        inputs / outputs: Its graph inputs and outputs, by name.
+        engine: ``"onnxruntime"`` or ``"openvino"``.
+        precision: What its weights are (``"int8"``, ``"fp32"``, ``"bf16"`` …).
+    """
+
+    name: str
+    path: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    engine: str
+    precision: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The part as recorded in the manifest."""
+        return {"name": self.name, "path": self.path, "inputs": list(self.inputs), "outputs": list(self.outputs),
+                "engine": self.engine, "precision": self.precision}
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """``requirements.cache``: which branch is cached, how many rows, how rows are keyed.
+
+    Attributes:
+        branch: The cached part's name (``"text"`` / ``"audio"``).
+        entries: Most rows kept (least recently used leave first); 0 disables the cache.
+        padding: ``"trim"``: trailing positions where ``mask`` is 0 are dropped before keying and
+            computing (verified at export to change nothing but float rounding); ``"exact"``: rows
+            are keyed and computed as given.
+        mask: The input whose zeros mark padding (``"trim"`` only).
+        min_length: Rows are never trimmed below this many positions (the graph's profile minimum).
+    """
+
+    branch: str
+    entries: int
+    padding: str = "exact"
+    mask: str | None = None
+    min_length: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as recorded in the manifest."""
+        return {"branch": self.branch, "entries": self.entries, "padding": self.padding, "mask": self.mask,
+                "min_length": self.min_length}
+
+
+def parse_requirements(artifact: Artifact) -> tuple[list[PartSpec], CachePolicy]:
+    """The parts and cache policy of a ``split`` artifact, checked.
+
+    Raises:
+        BundleError: The record is incomplete or inconsistent (a part not among the artifact's
+            files, no ``rest`` part, a cache naming no part, an unknown engine).
+    """
+    req = artifact.requirements
+    raw_parts = req.get("parts")
+    if not isinstance(raw_parts, list) or not raw_parts:
+        raise BundleError(f"Split artifact {artifact.name!r} lists no parts.", hint=_REBUILD)
+    parts = []
+    for i, raw in enumerate(raw_parts):
+        if not isinstance(raw, dict):
+            raise BundleError(f"Split artifact {artifact.name!r}: parts[{i}] is not an object.", hint=_REBUILD)
+        try:
+            part = PartSpec(name=str(raw["name"]), path=str(raw["path"]), inputs=tuple(map(str, raw["inputs"])),
+                            outputs=tuple(map(str, raw["outputs"])), engine=str(raw["engine"]),
+                            precision=str(raw.get("precision", artifact.precision)))
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"Split artifact {artifact.name!r}: parts[{i}] lacks {exc}.", hint=_REBUILD) from exc
+        if part.path not in artifact.files:
+            raise BundleError(f"Split artifact {artifact.name!r}: part {part.name!r} names {part.path!r}, which is "
+                              "not one of the artifact's files.", hint=_REBUILD)
+        if part.engine not in ENGINES:
+            raise BundleError(f"Split artifact {artifact.name!r}: part {part.name!r} has the unknown engine "
+                              f"{part.engine!r}.", hint=f"Known: {', '.join(ENGINES)}. {_REBUILD}")
+        parts.append(part)
+    names = [p.name for p in parts]
+    if names.count("rest") != 1 or len(set(names)) != len(names):
+        raise BundleError(f"Split artifact {artifact.name!r} needs exactly one 'rest' part and unique part names, "
+                          f"got {names}.", hint=_REBUILD)
+    cache = req.get("cache")
+    if not isinstance(cache, dict) or cache.get("branch") not in names or cache.get("branch") == "rest":
+        raise BundleError(f"Split artifact {artifact.name!r}: requirements.cache must name a branch part.",
+                          hint=_REBUILD)
+    entries = cache.get("entries", DEFAULT_CACHE_ENTRIES)
+    if not isinstance(entries, int) or isinstance(entries, bool) or entries < 0:
+        raise BundleError(f"Split artifact {artifact.name!r}: cache entries must be a count, got {entries!r}.",
+                          hint=_REBUILD)
+    padding = cache.get("padding", "exact")
+    mask = cache.get("mask")
+    if padding not in ("trim", "exact") or (padding == "trim" and not isinstance(mask, str)):
+        raise BundleError(f"Split artifact {artifact.name!r}: cache padding must be 'exact', or 'trim' with a mask.",
+                          hint=_REBUILD)
+    policy = CachePolicy(branch=str(cache["branch"]), entries=entries, padding=padding, mask=mask,
+                         min_length=int(cache.get("min_length", 1)))
+    return parts, policy
+
+
+def unavailable_reason(artifact: Artifact) -> str | None:
+    """Why this machine cannot run ``artifact`` (None: it can).
+
+    A part for OpenVINO needs the ``openvino`` package (and, for BF16, a CPU with BF16
+    instructions); ONNX Runtime parts need nothing beyond the base install.
+    """
+    try:
+        parts, _ = parse_requirements(artifact)
+    except BundleError as exc:
+        return exc.message
+    for part in parts:
+        if part.engine != "openvino":
+            continue
+        from edgemm.runtime.backends.openvino import has_bf16
+
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return f"part {part.name!r} runs on OpenVINO, which is not installed: pip install 'edgemm[openvino]'"
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return f"part {part.name!r} was built for OpenVINO on x86 CPUs"
+        if part.precision == "bf16" and not has_bf16():
+            return f"part {part.name!r} runs in BF16, which this CPU lacks (no avx512_bf16 / amx_bf16)"
+    return None
+
+
+class _Part:
+    """A loaded part: one engine session and the output names it returns."""
+
+    def __init__(self, spec: PartSpec, root: Path, threads: int):
+        self.spec = spec
+        self._outputs = list(spec.outputs)
+        if spec.engine == "onnxruntime":
+            self._session = create_session(root / spec.path, threads=threads)
+            self._ov = None
+        else:
+            from edgemm._deps import require
+            from edgemm.runtime.backends.openvino import ov_properties
+
+            ov = require("openvino", extra="openvino", purpose="running a split artifact's OpenVINO part")
+            core = ov.Core()
+            config = ov_properties("bf16" if spec.precision == "bf16" else "f32", threads)
+            self._ov = core.compile_model(core.read_model(str(root / spec.path)), "CPU", config)
+            self._session = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is not None:
+            return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        # One infer request per call: compiled models are thread-safe, requests are not.
+        request = self._ov.create_infer_request()
+        result = request.infer({k: feed[k] for k in self.spec.inputs})
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return {name: np.array(by_name[name]) for name in self._outputs}
+
+
+class SplitBackend(Backend):
+    """A ``split`` artifact: the cached branch part per row, then the rest part on the batch.
+
+    Args:
+        root: The bundle directory.
+        artifact: The split artifact (``requirements.parts`` and ``requirements.cache``).
+        input_specs / output_specs: The manifest's graph interface.
+        threads: Intra-op threads per part (default :func:`default_threads`).
+        cache_entries: Override the manifest's cache size (0 disables caching).
+
+    Raises:
+        BundleError: The artifact's split record is inconsistent.
+        UsageError: A negative ``cache_entries`` or ``threads``.
+    """
+
+    name = "split"
+
+    def __init__(self, root: str | Path, artifact: Artifact, input_specs: list[TensorSpec],
+                 output_specs: list[TensorSpec], *, threads: int | None = None, cache_entries: int | None = None):
+        super().__init__(input_specs, output_specs)
+        if threads is not None and threads < 1:
+            raise UsageError(f"threads must be at least 1, got {threads}.")
+        if cache_entries is not None and cache_entries < 0:
+            raise UsageError(f"cache_entries must not be negative, got {cache_entries}.")
+        self.root = Path(root)
+        self.artifact = artifact
+        self.parts, policy = parse_requirements(artifact)
+        if cache_entries is not None:
+            policy = CachePolicy(policy.branch, cache_entries, policy.padding, policy.mask, policy.min_length)
+        self.policy = policy
+        self.threads = threads or default_threads()
+        self._branch_spec = next(p for p in self.parts if p.name == policy.branch)
+        self._rest_spec = next(p for p in self.parts if p.name == "rest")
+        graph_inputs = {s.name for s in input_specs}
+        unknown = [n for n in self._branch_spec.inputs if n not in graph_inputs]
+        if unknown:
+            raise BundleError(f"Split artifact {artifact.name!r}: the {policy.branch} part reads {unknown}, which are "
+                              "not graph inputs.", hint=_REBUILD)
+        if policy.padding == "trim" and policy.mask not in self._branch_spec.inputs:
+            raise BundleError(f"Split artifact {artifact.name!r}: the padding mask {policy.mask!r} is not an input "
+                              f"of the {policy.branch} part.", hint=_REBUILD)
+        self._output_names = [s.name for s in output_specs]
+        self._loaded: dict[str, _Part] = {}
+        self._cache: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stats = {"hits": 0, "misses": 0, "evictions": 0}
+        self._enabled = True
+
+    @classmethod
+    def from_artifact(cls, root: str | Path, manifest: Manifest, artifact: Artifact, *, threads: int | None = None,
+                      cache_entries: int | None = None) -> SplitBackend:
+        """The backend of a bundle's split artifact (files are hash-checked by bundle verification).
+
+        Raises:
+            BundleError: The artifact is not of kind ``split`` or its record is inconsistent.
+        """
+        if artifact.kind != SPLIT_KIND:
+            raise BundleError(f"Artifact {artifact.name!r} is of kind {artifact.kind!r}, not {SPLIT_KIND!r}.")
+        return cls(root, artifact, manifest.inputs, manifest.outputs, threads=threads, cache_entries=cache_entries)
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def cache_stats(self) -> dict[str, int | str]:
+        """``{"branch", "hits", "misses", "evictions", "entries", "capacity"}`` since the last clear."""
+        with self._lock:
+            return {"branch": self.policy.branch, **self._stats, "entries": len(self._cache),
+                    "capacity": self.policy.entries}
+
+    def set_caching(self, enabled: bool) -> None:
+        """Turn the answer cache on (the manifest's size) or off (every row computed, nothing kept).
+
+        Benchmarks time the cache's worst case — every answer new — with it off.
+        """
+        with self._lock:
+            self._enabled = bool(enabled)
+
+    def clear_cache(self) -> None:
+        """Forget every cached row and reset the counters."""
+        with self._lock:
+            self._cache.clear()
+            self._stats = {"hits": 0, "misses": 0, "evictions": 0}
+
+    # -- Backend hooks -------------------------------------------------------------------------
+
+    def _activate_impl(self) -> None:
+        try:
+            self._loaded = {p.name: _Part(p, self.root, self.threads) for p in self.parts}
+        except engine_errors() as exc:
+            from edgemm.errors import RuntimeFailure
+
+            raise RuntimeFailure(f"ONNX Runtime could not load a part of split artifact {self.artifact.name!r}: {exc}",
+                                 hint="Run `edgemm verify` on the bundle; re-export it if verification fails.") from exc
+
+    def _deactivate_impl(self) -> None:
+        self._loaded = {}
+
+    def _device_impl(self) -> str:
+        return "cpu"
+
+    def _engine_errors(self) -> tuple[type[BaseException], ...]:
+        errors = engine_errors()
+        if any(p.engine == "openvino" for p in self.parts):
+            errors = (*errors, RuntimeError)
+        return errors
+
+    def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        branch = self._branch_spec
+        rows = int(feed[branch.inputs[0]].shape[0])
+        values: list[tuple[np.ndarray, ...] | None] = [None] * rows
+        keys = [self._key(feed, i) for i in range(rows)]
+        with self._lock:
+            for i, (key, _) in enumerate(keys):
+                hit = self._cache.get(key) if self.policy.entries and self._enabled else None
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    values[i] = hit
+                    self._stats["hits"] += 1
+                else:
+                    self._stats["misses"] += 1
+        fresh: dict[bytes, tuple[np.ndarray, ...]] = {}
+        part = self._loaded[branch.name]
+        for i, (key, length) in enumerate(keys):
+            if values[i] is not None:
+                continue
+            if key not in fresh:  # the same answer twice in one batch is computed once
+                row = {name: np.ascontiguousarray(feed[name][i:i + 1, :length] if length is not None
+                                                  else feed[name][i:i + 1]) for name in branch.inputs}
+                out = part.run(row)
+                fresh[key] = tuple(np.array(out[name][0]) for name in branch.outputs)
+            values[i] = fresh[key]
+        if fresh and self.policy.entries and self._enabled:
+            with self._lock:
+                for key, value in fresh.items():
+                    self._cache[key] = value
+                    self._cache.move_to_end(key)
+                while len(self._cache) > self.policy.entries:
+                    self._cache.popitem(last=False)
+                    self._stats["evictions"] += 1
+        rest_feed = {name: feed[name] for name in self._rest_spec.inputs if name in feed}
+        for j, name in enumerate(branch.outputs):
+            rest_feed[name] = np.stack([v[j] for v in values if v is not None])
+        out = self._loaded["rest"].run(rest_feed)
+        return {name: out[name] for name in self._output_names}
+
+    def _key(self, feed: dict[str, np.ndarray], row: int) -> tuple[bytes, int | None]:
+        """The cache key of one row (its inputs' exact bytes, shapes and dtypes) and the length to
+        compute it at (None: as given)."""
+        length: int | None = None
+        if self.policy.padding == "trim":
+            mask = feed[self.policy.mask][row]
+            nonzero = np.flatnonzero(mask)
+            length = max(int(nonzero[-1]) + 1 if nonzero.size else 0, self.policy.min_length)
+        parts = []
+        for name in self._branch_spec.inputs:
+            value = feed[name][row] if length is None else feed[name][row, :length]
+            value = np.ascontiguousarray(value)
+            parts.append(f"{name}|{value.dtype.str}|{value.shape}|".encode() + value.tobytes())
+        return b"\x00".join(parts), length

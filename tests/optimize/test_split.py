@@ -1,0 +1,184 @@
+"""Cutting a shipped artifact at its text branch: the recorded split artifact, verify, tampering,
+and the models it does not apply to."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from edgemm.bundle.manifest import ModalitySpec
+from edgemm.bundle.verify import verify_bundle
+from edgemm.cli import cli
+from edgemm.errors import RecipeError
+from edgemm.optimize.split import NotSplittable, SplitRequest, build_split, plan_cut, split_variant
+from edgemm.recipes import load_recipe, parse_recipe
+from tests.splits import split_bundle
+
+
+@pytest.fixture(scope="module")
+def split(tiny_bundle, tmp_path_factory):
+    return split_bundle(tiny_bundle, tmp_path_factory.mktemp("split-opt") / "b", entries=8)
+
+
+def test_split_artifact_is_recorded_gated_and_hashed(split):
+    root, report = split
+    manifest = verify_bundle(root)
+    art = manifest.artifact("fp32-split")
+    assert art.kind == "split" and art.precision == "fp32" and art.providers == ["CPUExecutionProvider"]
+    parts = {p["name"]: p for p in art.requirements["parts"]}
+    assert set(parts) == {"text", "rest"} and all(p["engine"] == "onnxruntime" for p in parts.values())
+    assert parts["text"]["inputs"] == ["input_ids", "attention_mask"]
+    assert parts["text"]["outputs"] == [i for i in parts["rest"]["inputs"] if i != "pixel_values"]
+    assert set(art.files) == {parts["text"]["path"], parts["rest"]["path"]}
+    hashed = {f.path for f in manifest.files}
+    assert set(art.files) <= hashed
+    # Trimming padding was verified on the FP32 branch before the cache may key rows without it.
+    assert art.requirements["cache"] == {"branch": "text", "entries": 8, "padding": "trim",
+                                         "mask": "attention_mask", "min_length": 2}
+    assert report["padding"]["padding"] == "trim" and report["padding"]["rows_checked"] > 0
+    gate = art.validation["gate"]
+    assert gate["passed"] and gate["top1_agreement"] == 1.0 and gate["nonfinite"] == 0
+    assert gate["evaluated_on"].startswith("edgemm SplitBackend")
+    parity = art.validation["parity"]
+    assert parity["against"] == "fp32" and parity["max_abs_diff"] <= 1e-5 and parity["top1_agreement"] == 1.0
+    # Each part is a valid ONNX graph on its own.
+    for rel in art.files:
+        onnx.checker.check_model(onnx.load(str(root / rel)))
+
+
+def test_verify_passes_and_a_tampered_part_fails(split, tmp_path):
+    root, _ = split
+    result = CliRunner().invoke(cli, ["verify", str(root), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert any(r["artifact"] == "fp32-split" and r["passed"] for r in doc["artifacts"])
+    copy = tmp_path / "tampered"
+    shutil.copytree(root, copy)
+    text_part = copy / verify_bundle(copy).artifact("fp32-split").files[0]
+    data = bytearray(text_part.read_bytes())
+    data[-10] ^= 0xFF
+    text_part.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["verify", str(copy)])
+    assert result.exit_code == 4, result.output
+
+
+def _graph(nodes, inputs, outputs, name="g"):
+    return helper.make_model(helper.make_graph(nodes, name, inputs, outputs),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _inputs():
+    return [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 4])]
+
+
+MODALITIES = {"text": ModalitySpec(inputs=("input_ids",)), "image": ModalitySpec(inputs=("pixel_values",))}
+
+
+def test_single_transformer_over_both_modalities_is_not_splittable():
+    # ViLT-like: one encoder reads text and image together, nothing is a separate text branch.
+    cast = helper.make_node("Cast", ["input_ids"], ["ids_f"], name="/inner/fusion/Cast", to=TensorProto.FLOAT)
+    mean = helper.make_node("ReduceMean", ["ids_f"], ["t"], name="/inner/fusion/ReduceMean", keepdims=1)
+    add = helper.make_node("Add", ["pixel_values", "t"], ["logits"], name="/inner/fusion/Add")
+    model = _graph([cast, mean, add], _inputs(), [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    with pytest.raises(NotSplittable, match="separate text or audio encoder"):
+        plan_cut(model, MODALITIES)
+    # A "text" branch that reads the image is not a separate encoder either.
+    mix = helper.make_node("Add", ["ids_f", "pixel_values"], ["mixed"], name="/inner/text/model/Add")
+    cast.name = "/inner/text/Cast"
+    out = helper.make_node("Identity", ["mixed"], ["logits"], name="/inner/head/Identity")
+    model = _graph([cast, mix, out], _inputs(), [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    with pytest.raises(NotSplittable, match="depends on other modalities"):
+        plan_cut(model, MODALITIES)
+
+
+def test_fusion_reading_raw_text_inputs_is_not_splittable():
+    cast = helper.make_node("Cast", ["input_ids"], ["ids_f"], name="/inner/text/Cast", to=TensorProto.FLOAT)
+    mean = helper.make_node("ReduceMean", ["ids_f"], ["t"], name="/inner/text/ReduceMean", keepdims=1)
+    raw = helper.make_node("Cast", ["input_ids"], ["raw_f"], name="/inner/fusion/Cast", to=TensorProto.FLOAT)
+    add = helper.make_node("Add", ["pixel_values", "t"], ["a"], name="/inner/fusion/Add")
+    mul = helper.make_node("Mul", ["a", "raw_f"], ["logits"], name="/inner/fusion/Mul")
+    model = _graph([cast, mean, raw, add, mul], _inputs(),
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    with pytest.raises(NotSplittable, match="raw inputs"):
+        plan_cut(model, MODALITIES)
+    # The same graph without the raw read cuts at the text branch's pooled output.
+    model = _graph([cast, mean, add], _inputs(), [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)])
+    cut = plan_cut(model, MODALITIES)
+    assert cut.branch == "text" and cut.boundary == ("t",) and cut.rest_inputs == ("pixel_values",)
+
+
+def test_single_modality_model_records_not_applicable(split, tmp_path):
+    root, _ = split
+    copy = tmp_path / "b"
+    shutil.copytree(root, copy)
+    manifest = verify_bundle(copy)
+    feeds = [{k: np.zeros((1, 4), np.int64) for k in ("input_ids", "attention_mask")}]
+    request = SplitRequest(staging=copy, source=manifest.artifact("fp32"), name="again", entries=4,
+                           inputs=manifest.inputs, outputs=manifest.outputs, modalities=manifest.modality_specs(),
+                           fp32_path=copy / "model/fp32.onnx", feeds=feeds, labels=np.zeros(1, int),
+                           fp32_outputs=np.zeros((1, 2)), output="logits", single_modality="text")
+    artifact, report = build_split(request)
+    assert artifact is None and report["outcome"].startswith("not applicable: the model has one modality")
+    assert not list((copy / "model").glob("again*"))
+    # The export step records a split whose source variant did not ship, and goes on.
+    ctx = SimpleNamespace(recipe=SimpleNamespace(split=SimpleNamespace(source="int8", artifact_name="int8-split")))
+    validation: dict = {}
+    assert split_variant(ctx, [manifest.artifact("fp32")], None, validation) == []
+    assert validation["split"]["outcome"] == "not built: variant 'int8' did not ship"
+
+
+def test_recipe_split_section(tmp_path):
+    recipe = load_recipe("cpu-kiosk")
+    assert recipe.split is not None and recipe.split.source == "int8" and recipe.split.artifact_name == "int8-split"
+    base = {"variants": [{"name": "int8", "precision": "int8-dynamic"}], "optimize": {"graph": True}}
+    parsed = parse_recipe({**base, "split": {"source": "int8", "cache": 16, "name": "cached"}}, tmp_path / "r.toml")
+    assert (parsed.split.cache, parsed.split.artifact_name) == (16, "cached")
+    assert parse_recipe(base, tmp_path / "r.toml").split is None
+    for bad in ({"source": "fp16"}, {"cache": 4}, {"source": "int8", "cache": -1}, {"source": "int8", "name": "int8"},
+                {"source": "int8", "from": "int8"}):
+        with pytest.raises(RecipeError):
+            parse_recipe({**base, "split": bad}, tmp_path / "r.toml")
+
+
+def test_int8_dynamic_source_rows_are_computed_alone(split, tmp_path):
+    # Dynamic INT8 scales activations per tensor, so a row's output depends on its batch: the
+    # split computes each text row alone. Batch 1 unpadded is bit-exact with the source; a cached
+    # row is bit-exact with the same row computed fresh in any batch.
+    from edgemm.optimize.gate import run_artifact
+    from edgemm.optimize.precision import quantize_int8_dynamic
+    from edgemm.runtime.backends.split import SplitBackend
+    from tests.splits import ANSWERS, feeds_for
+
+    root, _ = split
+    copy = tmp_path / "b"
+    shutil.copytree(root, copy)
+    manifest = verify_bundle(copy)
+    info = quantize_int8_dynamic(copy / "model/fp32.onnx", copy / "model/int8.onnx")
+    source = dataclasses.replace(manifest.artifact("fp32"), name="int8", path="model/int8.onnx",
+                                 files=["model/int8.onnx"], precision="int8", quantization=info)
+    feeds = feeds_for(copy, manifest, [ANSWERS[:4], ANSWERS[4:]])
+    fp32 = run_artifact(copy / "model/fp32.onnx", feeds, "logits")
+    request = SplitRequest(staging=copy, source=source, name="int8-split", entries=8, inputs=manifest.inputs,
+                           outputs=manifest.outputs, modalities=manifest.modality_specs(),
+                           fp32_path=copy / "model/fp32.onnx", feeds=feeds, labels=fp32.argmax(-1),
+                           fp32_outputs=fp32, output="logits", budget_points=100.0)
+    artifact, report = build_split(request)
+    assert artifact is not None, report
+    # Same nodes, same engine, one row: equal up to the float order of ONNX Runtime's kernels.
+    assert artifact.validation["parity"]["batch1_unpadded_max_abs_diff"] <= 1e-6
+    assert artifact.quantization["method"] == info["method"]
+    cached = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs).activate()
+    fresh = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs, cache_entries=0).activate()
+    cached.run(feeds[0])
+    mixed = feeds_for(copy, manifest, [[ANSWERS[1], ANSWERS[6], ANSWERS[3]]])[0]
+    assert np.array_equal(cached.run(mixed)["logits"], fresh.run(mixed)["logits"])
+    assert cached.cache_stats()["hits"] == 2

@@ -1,0 +1,61 @@
+"""A bundle with a ``split`` artifact, built from the tiny FusionModel bundle (no eval data needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgemm.bundle.golden import GoldenSet
+from edgemm.bundle.manifest import Manifest
+from edgemm.bundle.verify import verify_bundle
+from edgemm.bundle.writer import write_manifest
+from edgemm.data.synthetic import synthesize_image
+from edgemm.optimize.gate import run_artifact
+from edgemm.optimize.split import SplitRequest, build_split
+from edgemm.runtime.backends.split import SplitBackend
+from edgemm.runtime.preprocess.pipeline import Preprocessor
+
+ANSWERS = ["seven", "I think it is three", "maybe a nine or an eight, not sure", "one", "it is a two",
+           "zero", "five!", "the answer is four"]
+
+
+def raw(texts: list[str], seed: int = 0) -> dict[str, list]:
+    """Raw requests: the texts, each with a synthetic image."""
+    return {"text": list(texts), "image": [synthesize_image(40, 40, seed=seed + i) for i in range(len(texts))]}
+
+
+def feeds_for(bundle: Path, manifest: Manifest, batches: list[list[str]]) -> list[dict[str, np.ndarray]]:
+    """Preprocessed feeds, one per batch of texts (padded to each batch's longest)."""
+    pre = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
+    return [pre(raw(texts, seed=10 * i)) for i, texts in enumerate(batches)]
+
+
+def split_bundle(tiny_bundle: Path, target: Path, *, entries: int = 4) -> tuple[Path, dict]:
+    """Copy ``tiny_bundle`` to ``target`` and add ``fp32-split`` (the FP32 graph cut at the text branch).
+
+    The gate's labels are FP32's own predictions (the tiny model is untrained): the gate then
+    measures agreement with FP32, which is what the split must keep.
+    """
+    shutil.copytree(tiny_bundle, target)
+    manifest = verify_bundle(target)
+    batches = [ANSWERS[:4], ANSWERS[4:], ANSWERS[2:6], ANSWERS[:1]]
+    feeds = feeds_for(target, manifest, batches)
+    fp32 = run_artifact(target / "model/fp32.onnx", feeds, manifest.primary_output)
+    source = manifest.artifact("fp32")
+    request = SplitRequest(staging=target, source=source, name="fp32-split", entries=entries,
+                           inputs=manifest.inputs, outputs=manifest.outputs, modalities=manifest.modality_specs(),
+                           fp32_path=target / "model/fp32.onnx", feeds=feeds, labels=fp32.argmax(-1),
+                           fp32_outputs=fp32, output=manifest.primary_output, budget_points=0.0)
+    artifact, report = build_split(request)
+    assert artifact is not None, report
+    golden = GoldenSet.load(target / manifest.golden)
+    with SplitBackend(target, artifact, manifest.inputs, manifest.outputs, cache_entries=0) as backend:
+        golden.artifacts[artifact.name] = backend.run(golden.feed)
+    golden.save(target / manifest.golden)
+    manifest.artifacts.append(artifact)
+    manifest.validation["split"] = report
+    manifest.files = []
+    write_manifest(target, manifest)
+    return target, report
