@@ -1,9 +1,11 @@
-"""Regenerate the results tables of ``benchmarks/README.md`` from the recorded ``bench.json`` files.
+"""Regenerate the results tables of ``benchmarks/README.md``, and each recorded suite's
+``bench.html`` and PNG plots, from the recorded ``bench.json`` files.
 
-    python benchmarks/render.py
+    python benchmarks/render.py              # tables + bench.html + latency.png / pareto.png
+    python benchmarks/render.py --tables-only
 
 Everything between the ``results:start`` and ``results:end`` markers is rewritten; nothing in
-those tables is typed by hand.
+those tables is typed by hand. ``bench.json`` itself is never rewritten.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from edgemm.bench.report import peak_fraction_rows, telemetry_rows  # noqa: E402
+from edgemm.bench.files import write_visuals  # noqa: E402
+from edgemm.bench.report import noise_flags, peak_fraction_rows, telemetry_rows  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -34,7 +37,8 @@ def section(doc: dict[str, Any], path: Path) -> str:
              f"Machine: {machine}; onnxruntime {m['versions'].get('onnxruntime', m['versions'].get('onnxruntime-gpu'))}, "
              f"torch {m['versions'].get('torch', '–')}. Recorded {doc['created_at']}. Inputs: {doc['config']['inputs']}; "
              f"{doc['config']['iterations']} timed calls per cell, interleaved over {doc['config']['rounds']} rounds. "
-             f"Files: [`{path.parent.relative_to(HERE).as_posix()}/`]({path.parent.relative_to(HERE).as_posix()}/).", "",
+             f"Files: [`{path.parent.relative_to(HERE).as_posix()}/`]({path.parent.relative_to(HERE).as_posix()}/); "
+             f"the readable report: [`bench.html`]({path.parent.relative_to(HERE).as_posix()}/bench.html).", "",
              "| contender | precision | batch | e2e p50 ms | e2e p99 ms | model p50 ms | model p99 ms | items/s (model) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     precision = {c["name"]: c["precision"] for c in doc["contenders"]}
@@ -47,6 +51,10 @@ def section(doc: dict[str, Any], path: Path) -> str:
                 continue
             lines.append(f"| {name} | {precision[name]} | {batch} | {_fmt(e2e.get('p50_ms'))} | {_fmt(e2e.get('p99_ms'))} | "
                          f"{_fmt(model.get('p50_ms'))} | {_fmt(model.get('p99_ms'))} | {_fmt(model.get('throughput_per_s'), 1)} |")
+    flags = noise_flags(doc)
+    if flags:
+        lines += ["", "Noisy cells (p99 over 3× p50, or rounds disagreeing; another process likely interfered): "
+                      + "; ".join(f"{f['contender']} {f['mode']} batch {f['batch']}" for f in flags) + "."]
     if doc["accuracy"]["rows"]:
         lines += ["", f"Accuracy on {doc['accuracy']['data']['source']}:", "",
                   "| contender | accuracy | drop vs FP32 (pt) | top-1 agreement |", "| --- | ---: | ---: | ---: |"]
@@ -116,9 +124,18 @@ def _serve_comparison(comparison: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def render(results: Path, readme: Path) -> None:
-    """Rewrite the generated part of ``readme`` from ``results/*/*/bench.json`` and serve-load runs."""
+def render(results: Path, readme: Path, *, visuals: bool = True) -> None:
+    """Rewrite the generated part of ``readme`` from ``results/*/*/bench.json`` and serve-load runs.
+
+    With ``visuals``, also redraw every suite's ``bench.html``, ``latency.png`` and ``pareto.png``
+    next to its ``bench.json`` (without matplotlib the pages say why the plots are missing).
+    """
     docs = sorted(results.glob("*/*/bench.json"))
+    if visuals:
+        for path in docs:
+            _, notes = write_visuals(json.loads(path.read_text(encoding="utf-8")), path.parent)
+            for note in notes:
+                print(f"note: {path.parent.relative_to(results).as_posix()}: {note}", file=sys.stderr)
     parts = [section(json.loads(p.read_text(encoding="utf-8")), p) for p in docs]
     parts += [serve_section(json.loads(p.read_text(encoding="utf-8")), p)
               for p in sorted(results.glob("*/serve-load/serve-load.json"))]
@@ -130,4 +147,4 @@ def render(results: Path, readme: Path) -> None:
 
 
 if __name__ == "__main__":
-    render(HERE / "results", HERE / "README.md")
+    render(HERE / "results", HERE / "README.md", visuals="--tables-only" not in sys.argv[1:])

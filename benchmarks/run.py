@@ -4,7 +4,7 @@
 
 Builds what the suite needs under ``benchmarks/.work/`` (the trained reference checkpoint, or the
 random-weights large fusion model, and the exported bundle), runs ``edgemm bench`` with the
-suite's options and peers, writes ``bench.json``, ``bench.csv`` and the plots to
+suite's options, peers, contention pass and workloads, checks the suite's ``[targets]``, writes ``bench.json``, ``bench.csv`` and the plots to
 ``benchmarks/results/<machine id>/<suite>/``, and regenerates the tables in
 ``benchmarks/README.md`` from every recorded result.
 """
@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from edgemm.bench.bench import BenchConfig, run_bench  # noqa: E402
-from edgemm.bench.report import table, write_reports  # noqa: E402
+from edgemm.bench.files import write_reports  # noqa: E402
+from edgemm.bench.report import table  # noqa: E402
 from edgemm.bench.runner import TimingOptions  # noqa: E402
 
 
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("suite", type=Path)
     parser.add_argument("--work", type=Path, default=HERE / ".work")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--reuse-bundle", action="store_true",
+                        help="bench the bundle already exported under --work (build it only if missing)")
+    parser.add_argument("--build-only", action="store_true", help="build the checkpoint and bundle, no bench")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     suite = tomllib.loads(args.suite.read_text(encoding="utf-8"))
@@ -87,16 +91,23 @@ def main() -> None:
     target = build["target"]
     recipe = load_recipe(str(HERE.parent / target) if target.endswith(".toml") else target)
     bundle = args.work / f"{suite['name']}.bundle"
-    export_bundle(checkpoint, bundle, options=ExportOptions(recipe=recipe, force=True, eval_data=build.get("eval_data")))
+    if not (args.reuse_bundle and (bundle / "edgemm.json").is_file()):
+        export_bundle(checkpoint, bundle,
+                      options=ExportOptions(recipe=recipe, force=True, eval_data=build.get("eval_data")))
+    if args.build_only:
+        return
 
     options = suite["bench"]
     timing = TimingOptions(batch_sizes=tuple(options.get("batch_sizes", [1])), warmup=options.get("warmup", 5),
                            iterations=options.get("iterations", 50), rounds=options.get("rounds", 5))
+    repeated = options.get("repeated_batch_sizes")
     report = run_bench(BenchConfig(bundle=bundle, device=options.get("device", "cpu"), timing=timing,
                                    peers=tuple(options.get("peers", [])), checkpoint=checkpoint,
                                    cold_runs=options.get("cold_runs", 3), eval_data=options.get("eval_data"),
                                    eval_limit=options.get("eval_limit", 1000), targets=suite.get("targets", {}),
-                                   suite=suite["name"]))
+                                   suite=suite["name"], contention=options.get("contention", False),
+                                   workloads=tuple(options.get("workloads", ["standard"])),
+                                   repeated_batch_sizes=tuple(repeated) if repeated else None))
     out = args.results / report.document["machine"]["id"] / suite["name"]
     for path in write_reports(report.document, out):
         print(f"wrote {path.relative_to(HERE.parent)}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-CHILDREN = ("edgemm", "torch-eager", "optimum")
+CHILDREN = ("edgemm", "torch-eager", "optimum", "openvino")
 
 
 def _peak_rss_mb() -> float:

@@ -45,7 +45,8 @@ class Contender(Protocol):
 
 
 class EdgemmContender(Contender):
-    """One artifact of a bundle through :class:`edgemm.runtime.Predictor` (ONNX Runtime)."""
+    """One artifact of a bundle through :class:`edgemm.runtime.Predictor` (ONNX Runtime, OpenVINO
+    or the split backend, whichever the artifact's kind runs on) — the path ``predict`` and ``serve`` take."""
 
     kind = "edgemm"
 
@@ -59,9 +60,11 @@ class EdgemmContender(Contender):
         self.precision = art.precision
         self.device = self.predictor.device
         self.output = self.predictor.manifest.primary_output
-        self.info = {"load_s": time.perf_counter() - start, "artifact": art.name, "runtime": "onnxruntime",
-                     "providers": self.predictor.backend.providers, "threads": self.predictor.backend.threads,
-                     "graph_optimized": art.graph_optimized,
+        backend = self.predictor.backend
+        runtime = {"onnx": "onnxruntime", "openvino": "openvino", "split": "split"}.get(art.kind, art.kind)
+        self.info = {"load_s": time.perf_counter() - start, "artifact": art.name, "artifact_kind": art.kind,
+                     "runtime": runtime, "providers": getattr(backend, "providers", list(art.providers)),
+                     "threads": getattr(backend, "threads", None), "graph_optimized": art.graph_optimized,
                      "degraded": self.predictor.degraded}
 
     def e2e(self, raw: dict[str, list[Any]]) -> Any:

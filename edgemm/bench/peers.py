@@ -8,13 +8,22 @@
   reported separately.
 * ``optimum`` — the Optimum pipeline a user would write: ``ORTModelForCustomTasks`` on the
   bundle's FP32 ONNX graph with transformers preprocessing.
+* ``openvino`` — the plain OpenVINO runtime on the bundle's FP32 ONNX graph
+  (``Core().read_model`` → ``compile_model("CPU", PERFORMANCE_HINT=LATENCY)``, OpenVINO's defaults
+  otherwise: BF16 inference on a CPU with BF16) with transformers preprocessing.
+* ``openvino-int8`` — the same after NNCF post-training INT8 quantization with default settings
+  (``nncf.quantize(model, nncf.Dataset(feeds), model_type=TRANSFORMER)``), calibrated on the feeds
+  edgemm's export calibrates on; quantization happens once, before timing, and is reported.
 
-Build side: needs the ``export`` extra (torch, transformers, optimum).
+Build side: needs the ``export`` extra (torch, transformers, optimum); the OpenVINO peers need
+transformers and the ``openvino`` extra (openvino, nncf).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +37,9 @@ from edgemm.errors import InputPathError, UsageError
 from edgemm.runtime.postprocess import softmax
 from edgemm.runtime.sessions import session_options as ort_session_options
 
-PEERS = ("torch-eager", "torch-eager-fp16", "torch-compile", "optimum")
+PEERS = ("torch-eager", "torch-eager-fp16", "torch-compile", "optimum", "openvino", "openvino-int8")
+OPENVINO_PEERS = ("openvino", "openvino-int8")
+OPENVINO_HINT = "pip install 'edgemm[openvino]'"
 
 
 class HFPreprocessing:
@@ -125,6 +136,22 @@ class TransformersPreprocessing:
             waves = [load_audio(x, target_rate=rate, max_seconds=60.0) for x in raw["audio"]]
             out.update(self.feature_extractor(waves, sampling_rate=rate, padding=True, return_tensors=framework))
         return {k: v for k, v in out.items() if k in self.input_names}
+
+
+def user_preprocessing(checkpoint: Path, manifest: Any) -> HFPreprocessing | TransformersPreprocessing:
+    """The transformers processors a user of ``checkpoint`` would call before an ONNX / OpenVINO model.
+
+    Args:
+        checkpoint: A FusionModel directory (its saved processors) or a Hugging Face classifier directory.
+        manifest: The bundle's manifest (graph input names, modalities).
+    """
+    if is_transformers_checkpoint(checkpoint):
+        return TransformersPreprocessing(checkpoint, [t.name for t in manifest.inputs], list(manifest.modalities))
+    from edgemm.models.config import FusionConfig
+    from edgemm.models.processors import Processors
+
+    config = FusionConfig.load(checkpoint)
+    return HFPreprocessing(Processors.load(checkpoint, config), config, [t.name for t in manifest.inputs])
 
 
 def _load_model(checkpoint: Path) -> Any:
@@ -265,16 +292,7 @@ class OptimumPipeline(Contender):
         self.ort_model = ORTModelForCustomTasks.from_pretrained(
             self._dir, file_name=Path(fp32.path).name, provider=provider, session_options=session_options,
             local_files_only=True)
-        if is_transformers_checkpoint(Path(checkpoint)):
-            self.preprocess = TransformersPreprocessing(Path(checkpoint), [t.name for t in manifest.inputs],
-                                                        list(manifest.modalities))
-        else:
-            from edgemm.models.config import FusionConfig
-            from edgemm.models.processors import Processors
-
-            config = FusionConfig.load(Path(checkpoint))
-            self.preprocess = HFPreprocessing(Processors.load(Path(checkpoint), config), config,
-                                              [t.name for t in manifest.inputs])
+        self.preprocess = user_preprocessing(Path(checkpoint), manifest)
         self.output = manifest.primary_output
         self.device = device
         self.info = {"runtime": "optimum ORTModelForCustomTasks", "provider": provider,
@@ -298,8 +316,104 @@ class OptimumPipeline(Contender):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads: int | None) -> Any:
-    """Instantiate one peer by name."""
+def calibration_feeds(bundle: Path, manifest: Any, data: str | None = None) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The feeds edgemm's export calibrated INT8 on, rebuilt from the bundle: the dataset's
+    ``calibration`` split, as many records as the gate recorded, through the bundle's preprocessing
+    in fixed-shape batches of 8 (:func:`edgemm.export.pipeline._variants`). Without such data (a
+    bundle exported without held-out data): the golden set's feed.
+
+    Args:
+        bundle / manifest: The bundle.
+        data: Dataset spec (default: the one the export's gate used, else the training data).
+
+    Returns:
+        (feeds, a short description of where they came from).
+    """
+    from edgemm.data.evalset import EvalSet
+    from edgemm.runtime.preprocess.pipeline import Preprocessor
+
+    gate = manifest.validation.get("gate") or {}
+    spec = data or (gate.get("eval") or {}).get("data") or manifest.source.get("training", {}).get("data")
+    if spec:
+        from edgemm.data.resolve import resolve_dataset
+
+        dataset = resolve_dataset(spec)
+        records = dataset.split("calibration")
+        if records:
+            count = int((gate.get("calibration") or {}).get("records") or 128)
+            records = records[:count]
+            required = {m for m in manifest.modalities if manifest.modality(m).required}
+            modalities = [m for m in manifest.modalities if m in dataset.modalities or m not in required]
+            preprocessor = Preprocessor(bundle, manifest.preprocessing, manifest.modalities)
+            feeds = EvalSet.build(records, manifest.labels, preprocessor, modalities, {"data": spec},
+                                  batch_size=8, fixed_shapes=True).feeds
+            return feeds, f"{spec} calibration split, {len(records)} records (as edgemm's export)"
+    from edgemm.runtime.golden import load_golden
+
+    return [load_golden(bundle, manifest).feed], "golden set (the bundle records no calibration data)"
+
+
+class OpenVinoPeer(Contender):
+    """Plain OpenVINO on the bundle's FP32 ONNX graph (``int8``: after NNCF post-training INT8),
+    with the checkpoint's transformers processors end to end — what an x86 user would write."""
+
+    kind = "peer"
+
+    def __init__(self, bundle: Path, checkpoint: Path, *, int8: bool = False, threads: int | None = None,
+                 data: str | None = None):
+        ov = require("openvino", extra="openvino", purpose=f"the OpenVINO peer ({OPENVINO_HINT})")
+        nncf = require("nncf", extra="openvino", purpose="the OpenVINO + NNCF INT8 peer") if int8 else None
+        from edgemm.bundle.verify import verify_bundle
+
+        start = time.perf_counter()
+        manifest = verify_bundle(bundle, check_hashes=False)  # run_bench verified it; a user's script would not
+        core = ov.Core()
+        model = core.read_model(str(bundle / manifest.artifact("fp32").path))
+        self.name = "openvino-int8" if int8 else "openvino"
+        self.precision = "int8" if int8 else "fp32"
+        self.device = "cpu"
+        self.info: dict[str, Any] = {"runtime": f"openvino {ov.get_version()}"}
+        if nncf is not None:
+            feeds, source = calibration_feeds(bundle, manifest, data)
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars; stdout carries --json
+                model = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER)
+            self.info.update({"quantization": f"nncf {nncf.__version__} quantize (default settings)",
+                              "calibration": source, "quantize_s": time.perf_counter() - t})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.output = manifest.primary_output
+        self._inputs = {port.get_any_name() for port in self.compiled.inputs}
+        self.preprocess = user_preprocessing(Path(checkpoint), manifest)
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.info.update({"inference_precision": getattr(precision, "to_string", precision.__str__)(),
+                          "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+                          "load_s": time.perf_counter() - start})
+
+    def _infer(self, feed: dict[str, Any]) -> Any:
+        return self.compiled({k: v for k, v in feed.items() if k in self._inputs})
+
+    def e2e(self, raw: dict[str, list[Any]]) -> np.ndarray:
+        return softmax(np.asarray(self._infer(self.preprocess(raw, framework="np"))[self.output]))
+
+    def native(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return feed
+
+    def model(self, native: dict[str, np.ndarray]) -> Any:
+        return self._infer(native)
+
+    def logits(self, native: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._infer(native)[self.output], dtype=np.float64)
+
+    def close(self) -> None:
+        del self.compiled
+
+
+def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads: int | None,
+              data: str | None = None) -> Any:
+    """Instantiate one peer by name (``data``: the dataset the OpenVINO INT8 peer calibrates on)."""
     if name == "torch-eager":
         return TorchEager(checkpoint, device=device, threads=threads, bundle=bundle)
     if name == "torch-eager-fp16":
@@ -309,6 +423,10 @@ def make_peer(name: str, *, bundle: Path, checkpoint: Path, device: str, threads
                           compile_mode="reduce-overhead" if device == "cuda" else "default")
     if name == "optimum":
         return OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
+    if name in OPENVINO_PEERS:
+        if device != "cpu":
+            raise UsageError(f"The {name} peer runs on the CPU.", hint="Use --device cpu, or leave it out of --peers.")
+        return OpenVinoPeer(bundle, checkpoint, int8=name == "openvino-int8", threads=threads, data=data)
     raise UsageError(f"Unknown peer {name!r}.", hint=f"Peers: {', '.join(PEERS)}.")
 
 
@@ -317,7 +435,7 @@ def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str, thr
     """Child side of a peer's cold start.
 
     Args:
-        kind: ``torch-eager`` or ``optimum``.
+        kind: ``torch-eager``, ``optimum`` or ``openvino``.
         bundle / checkpoint: What the peer loads.
         device / threads: Where it runs.
         request: The first request, one raw item per modality.
@@ -327,12 +445,19 @@ def cold_start_child(kind: str, bundle: Path, checkpoint: Path, device: str, thr
     """
     import importlib
 
+    modules = {"torch-eager": ("torch", "transformers"), "openvino": ("openvino", "transformers")}.get(
+        kind, ("torch", "transformers", "optimum.onnxruntime"))
     t0 = time.perf_counter()
-    for module in ("torch", "transformers") if kind == "torch-eager" else ("torch", "transformers", "optimum.onnxruntime"):
+    for module in modules:
         importlib.import_module(module)  # the imports are part of what is measured
     t1 = time.perf_counter()
-    peer = TorchEager(checkpoint, device=device, threads=threads, bundle=bundle) if kind == "torch-eager" else \
-        OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
+    peer: Any
+    if kind == "torch-eager":
+        peer = TorchEager(checkpoint, device=device, threads=threads, bundle=bundle)
+    elif kind == "openvino":
+        peer = OpenVinoPeer(bundle, checkpoint, threads=threads)
+    else:
+        peer = OptimumPipeline(bundle, checkpoint, device=device, threads=threads)
     t2 = time.perf_counter()
     batch = {m: [v] for m, v in request.items()}
     return t1 - t0, t2 - t1, lambda: peer.e2e(batch)

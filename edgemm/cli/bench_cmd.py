@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from edgemm._deps import require
 from edgemm.cli import emit_json, json_option
 from edgemm.errors import UsageError
 from edgemm.fsio import check_output_dir, os_errors
@@ -35,8 +34,15 @@ def _ints(value: str | None, what: str) -> tuple[int, ...]:
               help="Timed calls per contender, mode and shape.")
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Interleaving rounds.")
 @click.option("--duration", type=click.FloatRange(0.1), help="Stop a shape's rounds after this many seconds.")
-@click.option("--peers", help="Comma-separated peers: torch-eager, torch-eager-fp16, torch-compile, optimum; 'none' for none "
-                              "(default: every peer this machine can run).")
+@click.option("--peers", help="Comma-separated peers: torch-eager, torch-eager-fp16, torch-compile, optimum, openvino, "
+                              "openvino-int8; 'none' for none (default: every peer this machine can run).")
+@click.option("--contention/--no-contention", default=False, show_default=True,
+              help="Also time every cell with one core kept busy by a background process (CPU), interleaved "
+                   "with the quiet cells; reports contended ÷ quiet p50.")
+@click.option("--workload", "workloads", type=click.Choice(["standard", "repeated"]), multiple=True,
+              help="standard: one request per batch size; repeated: texts repeat from a few answers while images "
+                   "vary (end to end; what a split artifact's answer cache serves). Repeat the option for both "
+                   "[default: standard].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="The PyTorch checkpoint for peers (default: from the manifest).")
 @click.option("--eval-data", help="Labelled data for accuracy drift (default: the checkpoint's training data, else the golden set).")
 @click.option("--threads", type=click.IntRange(1, 256), help="Threads for every contender (default: the runtime's).")
@@ -53,17 +59,21 @@ def _ints(value: str | None, what: str) -> tuple[int, ...]:
 def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: str, seq_lens: str | None, warmup: int,
           iterations: int, rounds: int, duration: float | None, peers: str | None, checkpoint: Path | None,
           eval_data: str | None, threads: int | None, cold_start: bool, cold_runs: int, accuracy: bool,
-          cuda_graphs: bool, telemetry: bool, max_p99_ms: float | None, out: Path | None, as_json: bool) -> None:
-    """Benchmark BUNDLE's artifacts beside PyTorch, torch.compile and Optimum, in one run.
+          cuda_graphs: bool, telemetry: bool, max_p99_ms: float | None, out: Path | None, as_json: bool,
+          contention: bool = False, workloads: tuple[str, ...] = ()) -> None:
+    """Benchmark BUNDLE's artifacts beside PyTorch, torch.compile, Optimum and OpenVINO, in one run.
 
     Contenders are interleaved on identical inputs; the report gives p50/p90/p99 end to end and
     model only, throughput, cold start and peak memory in fresh processes, and accuracy drift.
+    Ratios headline the artifact predict / serve choose on this machine.
     """
-    if out is not None:  # before the run, not after it: -o writes the plots
+    if out is not None:  # before the run, not after it
+        # Without matplotlib (the bench extra) -o still writes bench.json / .csv / .html; the
+        # reports say that the plots were not drawn and how to get them.
         check_output_dir(out, "Report directory")
-        require("matplotlib", purpose="the plots that bench -o writes")
     from edgemm.bench.bench import BenchConfig, check_budgets, run_bench
-    from edgemm.bench.report import table, write_reports
+    from edgemm.bench.files import write_reports
+    from edgemm.bench.report import table
     from edgemm.bench.runner import TimingOptions
 
     peer_list = None if peers is None else tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none")
@@ -73,7 +83,8 @@ def bench(bundle: Path, artifacts: tuple[str, ...], device: str, batch_sizes: st
     report = run_bench(BenchConfig(bundle=bundle, artifacts=artifacts or None, device=device, timing=timing,
                                    peers=peer_list, checkpoint=checkpoint, threads=threads, cold_start=cold_start,
                                    cold_runs=cold_runs, accuracy=accuracy, eval_data=eval_data,
-                                   max_p99_ms=max_p99_ms, cuda_graphs=cuda_graphs, telemetry=telemetry))
+                                   max_p99_ms=max_p99_ms, cuda_graphs=cuda_graphs, telemetry=telemetry,
+                                   contention=contention, workloads=tuple(dict.fromkeys(workloads)) or ("standard",)))
     files = []
     if out is not None:
         with os_errors(f"write the reports to {out}", path=out):

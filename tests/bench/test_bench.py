@@ -44,7 +44,7 @@ def test_bench_with_peers_writes_every_report(tiny_bundle, tmp_path):
     assert cold["torch-eager"]["peak_rss_mb"] > cold["edgemm:fp32"]["peak_rss_mb"]
     assert {r["peer"] for r in doc["ratios"]["speedup"]} == {"torch-eager", "torch-compile", "optimum"}
     assert "rss_fraction" in doc["ratios"]["cold_start"]
-    assert {f.name for f in out.iterdir()} == {"bench.json", "bench.csv", "latency.png", "pareto.png"}
+    assert {f.name for f in out.iterdir()} == {"bench.json", "bench.csv", "latency.png", "pareto.png", "bench.html"}
     with open(out / "bench.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(doc["latency"]) and rows[0]["p50_ms"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgemm.bench.bench import _input_maker
+from edgemm.bench.bench import _input_maker, _raw_rows
 from edgemm.bench.iobinding import IOBindingContender
 from edgemm.bench.runner import TimingOptions, run_interleaved
 from edgemm.bundle.verify import verify_bundle
@@ -50,7 +50,7 @@ def test_logits_match_the_predictor_and_follow_new_values(bound, predictor, tiny
 
 def test_each_shape_gets_its_own_fixed_session(bound, predictor, tiny_bundle):
     manifest = verify_bundle(tiny_bundle)
-    make = _input_maker(tiny_bundle, manifest, evalset_records=None)
+    make = _input_maker(tiny_bundle, manifest, _raw_rows(tiny_bundle, manifest, None))
     _, feed = make(3, 12)
     handle = bound.native(feed)
     np.testing.assert_allclose(bound.logits(handle), predictor.run(feed)[bound.output], atol=1e-5)
@@ -63,7 +63,7 @@ def test_each_shape_gets_its_own_fixed_session(bound, predictor, tiny_bundle):
 
 def test_model_only_timing_runs_on_bound_handles(bound, tiny_bundle):
     manifest = verify_bundle(tiny_bundle)
-    results = run_interleaved([bound], _input_maker(tiny_bundle, manifest, evalset_records=None),
+    results = run_interleaved([bound], _input_maker(tiny_bundle, manifest, _raw_rows(tiny_bundle, manifest, None)),
                               TimingOptions(batch_sizes=(1, 2), iterations=4, rounds=2, warmup=1))
     assert {(m.mode, m.batch) for m in results} == {("e2e", 1), ("model", 1), ("e2e", 2), ("model", 2)}
     assert all(m.error is None and m.stats["n"] == 4 for m in results)

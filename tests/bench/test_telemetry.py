@@ -84,8 +84,9 @@ def test_reports_show_power_and_share_of_peak(tiny_bundle, tmp_path):
     from pathlib import Path
 
     from edgemm.bench.bench import BenchConfig, run_bench
+    from edgemm.bench.files import write_reports
     from edgemm.bench.flops import achieved
-    from edgemm.bench.report import table, write_reports
+    from edgemm.bench.report import table
     from edgemm.bench.runner import TimingOptions
 
     doc = run_bench(BenchConfig(bundle=tiny_bundle, timing=TimingOptions(iterations=2, rounds=1, warmup=0), peers=(),
