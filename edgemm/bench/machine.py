@@ -15,20 +15,10 @@ _FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_
 
 
 def _cpuinfo() -> dict[str, Any]:
-    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and value.strip():
-            info["model"] = value.strip()
-        if key in ("flags", "features") and not info["flags"]:
-            flags = set(value.split())
-            info["flags"] = sorted(f for f in _FLAGS_OF_INTEREST if f in flags)
-    return info
+    from edgemm.runtime.cpu import cpu_info
+
+    info = cpu_info()
+    return {"model": info.model, "flags": sorted(f for f in _FLAGS_OF_INTEREST if f in (info.flags or ()))}
 
 
 def _memory_mb() -> int | None:

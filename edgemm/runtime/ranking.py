@@ -253,22 +253,11 @@ def order_by_cost(static: list[str], timings: dict[str, Timing]) -> list[str]:
 
 
 def _cpu_info() -> tuple[str, str]:
-    """The CPU's model name and its sorted feature flags (``/proc/cpuinfo``; platform names elsewhere)."""
-    model, flags = "", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "cpu model") and not model:
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = " ".join(sorted(value.split()))
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
+    """The CPU's model name and its sorted feature flags."""
+    from edgemm.runtime.cpu import cpu_info
+
+    info = cpu_info()
+    return info.model, " ".join(sorted(info.flags or ()))
 
 
 def _version(distribution: str) -> str | None:

@@ -12,7 +12,6 @@ share a backend.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import platform
@@ -26,6 +25,7 @@ from edgemm._deps import require
 from edgemm.bundle.manifest import Artifact, Manifest, TensorSpec
 from edgemm.errors import BackendUnavailableError, RuntimeFailure, UsageError
 from edgemm.runtime.backends.base import Backend
+from edgemm.runtime.cpu import cpu_info
 from edgemm.runtime.sessions import default_threads, openvino_cpu_properties
 
 log = logging.getLogger("edgemm.runtime")
@@ -44,18 +44,9 @@ class OpenVinoError(Exception):
     """An error raised by OpenVINO itself during inference (its own type is a bare ``RuntimeError``)."""
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str] | None:
-    """The CPU feature flags of this machine (``/proc/cpuinfo``), or None where they cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return None
+    """The CPU feature flags of this machine, or None where they cannot be read."""
+    return cpu_info().flags
 
 
 def has_bf16() -> bool:
