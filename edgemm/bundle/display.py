@@ -173,7 +173,12 @@ def load_display_file(path: Path, labels: Sequence[str] | None = None) -> dict[s
     path = Path(path)
     if not path.is_file():
         raise InputPathError(f"{path} is not a file.", hint="Give a .json or .toml file with the display texts.")
-    raw = path.read_bytes()
+    # Judged by its size before reading, and never more read than the cap allows (the file may
+    # grow meanwhile). edgemm.fsio.read_bounded does this above the bundle layer, which may not import it.
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DisplayError(f"{path} is larger than 1 MiB.", hint=_HINT)
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:
         raise DisplayError(f"{path} is larger than 1 MiB.", hint=_HINT)
     try:

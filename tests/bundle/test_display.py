@@ -119,3 +119,15 @@ def test_training_writes_the_builtin_task_words(tmp_path):
     assert checked_display(str(tmp_path), ["cat"])["languages"]["en"]["labels"]["cat"]["name"] == "A cat"
     with pytest.raises(DisplayError, match="leaves out"):
         checked_display(str(tmp_path), ["cat", "dog"])
+
+
+def test_a_huge_display_file_is_refused_by_its_size(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as fh:  # sparse: 2 GB on paper, nothing on disk
+        fh.truncate(2 * 1024**3)
+    read = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: read.append(a[0]) or real_open(*a, **k))
+    with pytest.raises(DisplayError, match="larger than 1 MiB"):
+        load_display_file(huge, LABELS)
+    assert str(huge) not in map(str, read)  # refused by stat, not a byte read
