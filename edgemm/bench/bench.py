@@ -457,8 +457,10 @@ def _snapshot_caches(contenders: list[Any], workload: str, notes: list[str]) -> 
         c.info.setdefault("cache", {})[workload] = stats
         if workload == "standard":
             notes.append(f"{c.name}: answer cache off in the standard workload (it repeats one request per cell, "
-                         "which would hit every time): its numbers are the cache's worst case, every answer new; "
-                         "the repeated-answer workload (texts repeat, pictures change) shows the cache at work")
+                         "which would hit every time): its numbers are the cache's worst case, every answer new "
+                         f"({stats.get('whole_batches', 0)} batches of many new answers went through the unsplit "
+                         "source graph, as in serving); the repeated-answer workload (texts repeat, pictures "
+                         "change) shows the cache at work")
 
 
 def _headline(config: BenchConfig, manifest: Manifest, contenders: list[Any], notes: list[str]) -> dict[str, Any]:

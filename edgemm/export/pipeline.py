@@ -45,6 +45,7 @@ from edgemm.export.sources import load_source
 from edgemm.export.tracing import UserCode
 from edgemm.models.spec import ExportSpec, ShapeCase
 from edgemm.recipes import Recipe, load_recipe
+from edgemm.runtime.backends.kinds import make_backend
 from edgemm.runtime.backends.onnxruntime import OrtBackend
 from edgemm.runtime.golden import check_golden, record_labels
 from edgemm.runtime.preprocess.pipeline import Preprocessor
@@ -314,17 +315,7 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     progress.step("Recording the golden set")
     golden = _golden_set(module, spec, staging, options.golden_size)
     for art in artifacts:
-        if art.kind == "openvino":
-            from edgemm.runtime.backends.openvino import OpenVinoBackend
-
-            backend = OpenVinoBackend(staging / art.path, inputs, outputs,
-                                      inference_precision=art.requirements.get("inference_precision", "f32"))
-        elif art.kind == "split":
-            from edgemm.runtime.backends.split import SplitBackend
-
-            backend = SplitBackend(staging, art, inputs, outputs, cache_entries=0)
-        else:
-            backend = OrtBackend(staging / art.path, inputs, outputs, device="cpu")
+        backend = make_backend(staging, art, inputs, outputs, compile_cache=False).reference_mode()
         with backend:
             golden.artifacts[art.name] = backend.run(golden.feed)
         if art.name != "fp32":

@@ -11,6 +11,11 @@ against FP32 are both computed through ``SplitBackend``. A model without a separ
 branch (one modality, or one transformer over text and image like ViLT) records why the split
 does not apply and the export goes on.
 
+A third part, *whole*, is the source artifact's own graph file: a batch with many new rows is
+faster through it than row by row. The share of new rows from which it pays is measured here on
+the held-out feeds (the parts' per-row and rest cost against the whole graph's) and recorded as
+``requirements.whole.min_new_fraction``; where it never pays, no whole part is recorded.
+
 Both parts keep the source artifact's nodes, precision and engine (ONNX Runtime). Measured on
 the reference model (2-core EPYC, batch 1): the rest part took 0.11 ms on ONNX Runtime in INT8
 and in FP32 alike, and 0.31 ms on OpenVINO (BF16 or FP32; its per-call overhead dominates a
@@ -33,7 +38,13 @@ from edgemm.bundle.manifest import Artifact, ModalitySpec, TensorSpec
 from edgemm.errors import RuntimeFailure
 from edgemm.optimize.branches import node_branches
 from edgemm.optimize.gate import judge
-from edgemm.runtime.backends.split import SPLIT_KIND, CachePolicy, PartSpec, SplitBackend
+from edgemm.runtime.backends.split import (
+    SPLIT_KIND,
+    WHOLE_PART,
+    CachePolicy,
+    PartSpec,
+    SplitBackend,
+)
 from edgemm.runtime.sessions import engine_errors
 
 log = logging.getLogger("edgemm.optimize")
@@ -404,43 +415,110 @@ def build_split(request: SplitRequest) -> tuple[Artifact | None, dict[str, Any]]
     paths = {cut.branch: f"model/{request.name}.{cut.branch}.onnx", "rest": f"model/{request.name}.rest.onnx"}
     onnx.save(branch_model, str(request.staging / paths[cut.branch]))
     onnx.save(rest_model, str(request.staging / paths["rest"]))
-    files = [paths[cut.branch], paths["rest"]]
+    written = [paths[cut.branch], paths["rest"]]
     precision = source.precision
+    outputs = tuple(o.name for o in model.graph.output)
     parts = [PartSpec(cut.branch, paths[cut.branch], cut.branch_inputs, cut.boundary, "onnxruntime", precision),
-             PartSpec("rest", paths["rest"], (*cut.rest_inputs, *cut.boundary), tuple(o.name for o in model.graph.output),
-                      "onnxruntime", precision)]
+             PartSpec("rest", paths["rest"], (*cut.rest_inputs, *cut.boundary), outputs, "onnxruntime", precision),
+             PartSpec(WHOLE_PART, source.path, tuple(i.name for i in model.graph.input), outputs, "onnxruntime",
+                      precision)]
     policy = CachePolicy(policy.branch, request.entries, policy.padding, policy.mask, policy.min_length)
     requirements = {"parts": [p.to_dict() for p in parts], "cache": policy.to_dict(),
-                    "source_artifact": source.name,
+                    "whole": {"min_new_fraction": 1.0}, "source_artifact": source.name,
                     **{k: v for k, v in source.requirements.items() if k in ("graph_optimized", "contrib_ops")}}
     artifact = Artifact(name=request.name, path=paths["rest"], kind=SPLIT_KIND, precision=precision,
-                        files=files, providers=["CPUExecutionProvider"],
+                        files=[*written, source.path], providers=["CPUExecutionProvider"],
                         quantization=source.quantization, requirements=requirements)
     report.update({"branch": cut.branch, "boundary": list(cut.boundary), "padding": padding,
                    "nodes": {cut.branch: len(cut.branch_nodes), "rest": len(cut.rest_nodes)}})
+    # The whole part is the source artifact's file: only the parts written here are removed on failure.
     try:
         validation = _measure(request, artifact, report)
+        if validation["gate"]["passed"]:
+            artifact = _with_whole_policy(request, artifact, report)
     except (RuntimeFailure, *engine_errors()) as exc:
         # Like a variant ONNX Runtime cannot run: recorded, and the export goes on without it.
         report["outcome"] = f"failed: ONNX Runtime could not run the parts: {str(exc).splitlines()[0][:200]}"
         log.warning("split %s: %s", request.name, report["outcome"])
-        for rel in artifact.files:
-            (request.staging / rel).unlink(missing_ok=True)
+        _remove(request.staging, written)
         return None, report
     except Exception:
-        for rel in artifact.files:
-            (request.staging / rel).unlink(missing_ok=True)
+        _remove(request.staging, written)
         raise
     if not validation["gate"]["passed"]:
         report["outcome"] = "failed the gate"
         log.warning("split %s: failed the gate (%s)", request.name, validation["gate"])
-        for rel in artifact.files:
-            (request.staging / rel).unlink(missing_ok=True)
+        _remove(request.staging, written)
         return None, report
     report["outcome"] = "passed"
     log.info("split %s: %s part cached, parity vs %s max |diff| %.3g, gate %s %.4f", request.name, cut.branch,
              source.name, validation["parity"]["max_abs_diff"], request.metric, validation["gate"]["value"])
     return dataclasses.replace(artifact, validation=validation), report
+
+
+def _remove(staging: Path, written: list[str]) -> None:
+    for rel in written:
+        (staging / rel).unlink(missing_ok=True)
+
+
+# Timed calls per route when measuring where the whole part pays (medians; a few hundred ms in all
+# on the reference model).
+_WHOLE_REPEATS = 7
+
+
+def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) -> Artifact:
+    """``artifact`` with ``requirements.whole`` set from a measurement, or without its whole part
+    where the whole graph never beats the parts.
+
+    On the largest held-out feed (``B`` rows, ``m`` distinct texts): ``r`` = seconds per new row
+    through the parts (cache off minus all cached, over ``m``), ``R`` = the rest with every row
+    cached, ``W`` = the whole graph. The whole graph pays from ``(W - R) / r`` new rows; recorded
+    as a share of ``B`` (at least two rows: one new row alone is always the parts' case).
+    """
+    feed = max(request.feeds, key=_rows)
+    rows = _rows(feed)
+    backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs)
+    backend.activate()
+    try:
+        backend.set_route("parts")
+        backend.set_caching(False)
+        distinct = backend.new_rows(feed)
+        new_rows = _median_seconds(backend, feed)
+        backend.set_caching(True)
+        backend.run(feed)
+        cached = _median_seconds(backend, feed)
+        backend.set_route("whole")
+        whole = _median_seconds(backend, feed)
+    finally:
+        backend.deactivate()
+    per_row = max(new_rows - cached, 1e-9) / max(distinct, 1)
+    break_even = max((whole - cached) / per_row, 2.0)
+    measured = {"rows": rows, "distinct_rows": distinct, "parts_new_ms": round(new_rows * 1e3, 3),
+                "parts_cached_ms": round(cached * 1e3, 3), "whole_ms": round(whole * 1e3, 3),
+                "break_even_rows": round(break_even, 2)}
+    report["whole"] = measured
+    requirements = dict(artifact.requirements)
+    if rows < 2 or break_even > rows:
+        report["whole"]["outcome"] = "not recorded: the parts were as fast as the whole graph at every share of new rows"
+        requirements.pop("whole")
+        requirements["parts"] = [p for p in requirements["parts"] if p["name"] != WHOLE_PART]
+        files = [f for f in artifact.files if f != request.source.path]
+    else:
+        requirements["whole"] = {"min_new_fraction": round(break_even / rows, 4), "measured": measured}
+        files = artifact.files
+    log.info("split %s: whole graph from %.1f new rows of %d (parts %.2f ms new / %.2f ms cached, whole %.2f ms)",
+             request.name, break_even, rows, new_rows * 1e3, cached * 1e3, whole * 1e3)
+    return dataclasses.replace(artifact, requirements=requirements, files=files)
+
+
+def _median_seconds(backend: SplitBackend, feed: dict[str, np.ndarray]) -> float:
+    backend.run(feed)
+    times = []
+    for _ in range(_WHOLE_REPEATS):
+        started = time.perf_counter()
+        backend.run(feed)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
 
 
 def _probe_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -457,7 +535,9 @@ def _measure(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) 
     from edgemm.bundle.compare import top1_agreement
     from edgemm.runtime.sessions import create_session
 
-    backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs, cache_entries=0).activate()
+    backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs)
+    backend.activate()
+    backend.reference_mode()
     source = create_session(request.staging / request.source.path)
     tolerance = Tolerance.for_precision(request.source.precision)
     started = time.perf_counter()

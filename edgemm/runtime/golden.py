@@ -141,9 +141,8 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
         else:
             from edgemm.runtime.backends.kinds import make_backend
 
-            backend = make_backend(bundle, manifest, art, device=device, threads=threads)
-            if hasattr(backend, "set_caching"):
-                backend.set_caching(False)  # the recorded outputs, not an answer cache's
+            backend = make_backend(bundle, art, manifest.inputs, manifest.outputs, device=device, threads=threads)
+            backend.reference_mode()  # the recorded outputs, not an answer cache's
         with backend:
             actual = backend.run(golden.feed)
     classify = manifest.classifying_outputs

@@ -194,7 +194,7 @@ def _rank_cpu(root: Path, manifest: Manifest, usable: list[Artifact], threads: i
 
     def open_backend(art: Artifact) -> Backend:
         verify_hashes(root, manifest, art.files)  # before the engine reads a byte
-        backend = make_backend(root, manifest, art, threads=threads, optimization=optimization)
+        backend = make_backend(root, art, manifest.inputs, manifest.outputs, threads=threads, optimization=optimization)
         backend.activate()
         return backend
 
@@ -340,7 +340,7 @@ class Predictor:
                 if device == "tensorrt-ep":
                     options = tensorrt_ep_options(manifest.inputs, bundle_cache_dir(root), fp16=chosen.precision == "fp16",
                                                   int8=chosen.quantization_method == "int8-static-qdq")
-                backend = make_backend(root, manifest, chosen, device=ort_device, threads=threads,
+                backend = make_backend(root, chosen, manifest.inputs, manifest.outputs, device=ort_device, threads=threads,
                                        optimization=optimization, allow_cpu_fallback=fallback, provider_options=options)
                 try:
                     backend.activate()

@@ -34,10 +34,19 @@ def test_split_artifact_is_recorded_gated_and_hashed(split):
     art = manifest.artifact("fp32-split")
     assert art.kind == "split" and art.precision == "fp32" and art.providers == ["CPUExecutionProvider"]
     parts = {p["name"]: p for p in art.requirements["parts"]}
-    assert set(parts) == {"text", "rest"} and all(p["engine"] == "onnxruntime" for p in parts.values())
+    assert set(parts) == {"text", "rest", "whole"} and all(p["engine"] == "onnxruntime" for p in parts.values())
     assert parts["text"]["inputs"] == ["input_ids", "attention_mask"]
     assert parts["text"]["outputs"] == [i for i in parts["rest"]["inputs"] if i != "pixel_values"]
-    assert set(art.files) == {parts["text"]["path"], parts["rest"]["path"]}
+    # The whole part is the source artifact's own file, not a copy.
+    assert parts["whole"]["path"] == manifest.artifact("fp32").path
+    assert parts["whole"]["inputs"] == [s.name for s in manifest.inputs]
+    assert set(art.files) == {parts["text"]["path"], parts["rest"]["path"], parts["whole"]["path"]}
+    # Where the whole graph pays was measured on the held-out feeds (the record the export kept
+    # or dropped by it; tests.splits then fixes the share so that tests do not time anything).
+    whole = report["whole"]
+    assert whole["rows"] == 4 and whole["distinct_rows"] == 4 and whole["break_even_rows"] >= 2
+    assert whole["parts_new_ms"] > 0 and whole["parts_cached_ms"] > 0 and whole["whole_ms"] > 0
+    assert ("outcome" in whole) == (whole["break_even_rows"] > whole["rows"])
     hashed = {f.path for f in manifest.files}
     assert set(art.files) <= hashed
     # Trimming padding was verified on the FP32 branch before the cache may key rows without it.
@@ -176,9 +185,18 @@ def test_int8_dynamic_source_rows_are_computed_alone(split, tmp_path):
     # Same nodes, same engine, one row: equal up to the float order of ONNX Runtime's kernels.
     assert artifact.validation["parity"]["batch1_unpadded_max_abs_diff"] <= 1e-6
     assert artifact.quantization["method"] == info["method"]
-    cached = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs).activate()
-    fresh = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs, cache_entries=0).activate()
+    cached = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs)
+    cached.set_route("parts")  # the cache's property; batches of new rows may take the whole graph
+    cached.activate()
+    fresh = SplitBackend(copy, artifact, manifest.inputs, manifest.outputs).activate().reference_mode()
     cached.run(feeds[0])
     mixed = feeds_for(copy, manifest, [[ANSWERS[1], ANSWERS[6], ANSWERS[3]]])[0]
     assert np.array_equal(cached.run(mixed)["logits"], fresh.run(mixed)["logits"])
     assert cached.cache_stats()["hits"] == 2
+    # The whole route is the source INT8 graph itself, batch neighbours and all.
+    if "whole" in artifact.requirements:
+        fresh.set_route("whole")
+        from edgemm.runtime.sessions import create_session
+
+        expected = create_session(copy / "model/int8.onnx").run(["logits"], mixed)[0]
+        assert np.array_equal(fresh.run(mixed)["logits"], expected)

@@ -37,7 +37,7 @@ def test_outputs_match_onnx_runtime_fp32(ov_bundle, golden, edgemm_cache):
         reference = ort.run(golden.feed)
     outputs = {}
     for name in ("ov-fp32", "ov-int8"):
-        with OpenVinoBackend.from_artifact(ov_bundle, manifest, manifest.artifact(name), threads=1) as backend:
+        with OpenVinoBackend.from_artifact(ov_bundle, manifest.artifact(name), manifest.inputs, manifest.outputs, threads=1) as backend:
             outputs[name] = backend.run(golden.feed)
             assert backend.properties["INFERENCE_PRECISION_HINT"] == "f32"
             assert backend.properties["INFERENCE_NUM_THREADS"] == "1" and backend.device == "cpu"
@@ -57,7 +57,7 @@ def test_outputs_match_onnx_runtime_fp32(ov_bundle, golden, edgemm_cache):
 
 def test_dynamic_shapes_and_concurrent_callers(ov_bundle, golden):
     manifest = verify_bundle(ov_bundle)
-    backend = OpenVinoBackend.from_artifact(ov_bundle, manifest, manifest.artifact("ov-fp32")).activate()
+    backend = OpenVinoBackend.from_artifact(ov_bundle, manifest.artifact("ov-fp32"), manifest.inputs, manifest.outputs).activate()
     one = {k: v[:1] for k, v in golden.feed.items()}
     shorter = {k: (v[:, :5] if v.ndim == 2 else v) for k, v in golden.feed.items()}
     expected = {"full": backend.run(golden.feed), "one": backend.run(one), "short": backend.run(shorter)}
@@ -95,12 +95,12 @@ def test_unavailable_reasons_and_refusals(ov_bundle, monkeypatch):
     assert "lacks avx512_bf16 / amx_bf16" in unavailable_reason(bf16)
     assert unavailable_reason(art) is None  # INT8 / FP32 need no particular flag
     with pytest.raises(BackendUnavailableError, match="cannot run here") as info:
-        OpenVinoBackend.from_artifact(ov_bundle, manifest, bf16)
+        OpenVinoBackend.from_artifact(ov_bundle, bf16, manifest.inputs, manifest.outputs)
     assert info.value.exit_code == 3
     monkeypatch.setattr(ovb, "openvino_installed", lambda: False)
     assert unavailable_reason(art) == "openvino is not installed: pip install 'edgemm[openvino]'"
     with pytest.raises(BackendUnavailableError) as info:
-        OpenVinoBackend.from_artifact(ov_bundle, manifest, art)
+        OpenVinoBackend.from_artifact(ov_bundle, art, manifest.inputs, manifest.outputs)
     assert info.value.hint == "pip install 'edgemm[openvino]'"
 
 

@@ -217,9 +217,9 @@ class _FakeOpenVino(OrtBackend):
     made: ClassVar[list[str]] = []
 
     @classmethod
-    def from_artifact(cls, root, manifest, artifact, *, threads=None):
+    def from_artifact(cls, root, artifact, inputs, outputs, *, threads=None, compile_cache=True):
         cls.made.append(artifact.name)
-        return cls(root / artifact.path, manifest.inputs, manifest.outputs, threads=threads)
+        return cls(root / artifact.path, inputs, outputs, threads=threads)
 
 
 @pytest.fixture

@@ -8,6 +8,10 @@ Equality claims, and why:
   function of its trimmed bytes, whatever batch it arrives in).
 - batch 1, unpadded, against the unsplit graph: bit-exact expected (same engine, same nodes);
   checked within 1e-6 in case ONNX Runtime fuses differently across the cut.
+- a batch answered by the whole part against the unsplit graph: bit-exact (it is that graph).
+
+Tests of the cache run the parts route; the routing tests use the bundle's recorded share
+(``tests.splits.WHOLE_FRACTION``) of new rows from which the whole graph answers.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import pytest
 
 from edgemm.bundle.manifest import Artifact
 from edgemm.bundle.verify import verify_bundle
-from edgemm.errors import UsageError
+from edgemm.errors import BundleError, UsageError
 from edgemm.runtime.backends.split import SplitBackend, parse_requirements, unavailable_reason
 from edgemm.runtime.sessions import create_session
-from tests.splits import ANSWERS, feeds_for, split_bundle
+from tests.splits import ANSWERS, WHOLE_FRACTION, feeds_for, split_bundle
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,11 @@ def _whole_rows(root, manifest, texts):
     return np.concatenate([session.run(["logits"], feed)[0] for feed in feeds_for(root, manifest, [[t] for t in texts])])
 
 
-def _backend(root, manifest, **kwargs):
-    return SplitBackend.from_artifact(root, manifest, manifest.artifact("fp32-split"), **kwargs).activate()
+def _backend(root, manifest, route="parts", **kwargs):
+    backend = SplitBackend.from_artifact(root, manifest.artifact("fp32-split"), manifest.inputs, manifest.outputs,
+                                         **kwargs)
+    backend.set_route(route)
+    return backend.activate()
 
 
 def test_mixed_cached_and_fresh_rows_match_the_unsplit_graph(bundle):
@@ -91,10 +98,10 @@ def test_cache_is_a_bounded_lru(bundle):
 
 def test_default_cache_size_comes_from_the_manifest(bundle):
     root, manifest = bundle
-    backend = SplitBackend.from_artifact(root, manifest, manifest.artifact("fp32-split"))
+    backend = SplitBackend.from_artifact(root, manifest.artifact("fp32-split"), manifest.inputs, manifest.outputs)
     assert backend.cache_stats()["capacity"] == 4
     with pytest.raises(UsageError):
-        SplitBackend.from_artifact(root, manifest, manifest.artifact("fp32-split"), cache_entries=-1)
+        SplitBackend.from_artifact(root, manifest.artifact("fp32-split"), manifest.inputs, manifest.outputs, cache_entries=-1)
 
 
 def test_threads_share_one_cache(bundle):
@@ -130,11 +137,11 @@ def test_unavailable_reason_and_damaged_records(bundle):
     art = manifest.artifact("fp32-split")
     assert unavailable_reason(art) is None
     parts, policy = parse_requirements(art)
-    assert [p.name for p in parts] == ["text", "rest"] and policy.padding == "trim"
+    assert [p.name for p in parts] == ["text", "rest", "whole"] and policy.padding == "trim"
     broken = Artifact(name="x", path=art.path, kind="split", precision="fp32", files=[art.path],
                       requirements={**art.requirements})
     assert "not one of the artifact's files" in unavailable_reason(broken)
-    ov_part = [{**parts[0].to_dict(), "engine": "openvino", "precision": "bf16"}, parts[1].to_dict()]
+    ov_part = [{**parts[0].to_dict(), "engine": "openvino", "precision": "bf16"}, *(p.to_dict() for p in parts[1:])]
     ov = Artifact(name="y", path=art.path, kind="split", precision="fp32", files=art.files,
                   requirements={**art.requirements, "parts": ov_part})
     reason = unavailable_reason(ov)
@@ -148,9 +155,105 @@ def test_a_part_can_run_on_openvino(bundle):
     parts, _ = parse_requirements(art)
     on_ov = Artifact(name="ov", path=art.path, kind="split", precision="fp32", files=art.files,
                      requirements={**art.requirements,
-                                   "parts": [parts[0].to_dict(), {**parts[1].to_dict(), "engine": "openvino"}]})
+                                   "parts": [parts[0].to_dict(), {**parts[1].to_dict(), "engine": "openvino"},
+                                             parts[2].to_dict()]})
     assert unavailable_reason(on_ov) is None
     feed = feeds_for(root, manifest, [ANSWERS[:3]])[0]
     with SplitBackend(root, on_ov, manifest.inputs, manifest.outputs) as backend:
         got = backend.run(feed)["logits"]
     np.testing.assert_allclose(got, _backend(root, manifest).run(feed)["logits"], atol=1e-4, rtol=0)
+
+
+def test_a_batch_of_many_new_answers_runs_the_whole_graph_and_warms_the_cache(bundle):
+    root, manifest = bundle
+    backend = _backend(root, manifest, route="auto", cache_entries=16)
+    whole = create_session(root / "model/fp32.onnx")
+    feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
+    assert backend.new_rows(feed) == 4 >= WHOLE_FRACTION * 4
+    out = backend.run(feed)["logits"]
+    assert np.array_equal(out, whole.run(["logits"], feed)[0])  # it is the unsplit graph
+    stats = backend.cache_stats()
+    assert stats["whole_batches"] == 1 and stats["entries"] == 1  # one new row computed alone and kept
+    # The kept row is the parts' own (computed alone): with it cached, a batch of one new answer
+    # and one cached runs the parts and equals the reference form bit for bit.
+    cached_text = next(t for t in ANSWERS[:4] if backend.new_rows(feeds_for(root, manifest, [[t]])[0]) == 0)
+    mixed = feeds_for(root, manifest, [[ANSWERS[5], cached_text]])[0]
+    got = backend.run(mixed)["logits"]
+    assert backend.cache_stats()["whole_batches"] == 1
+    assert np.array_equal(got, _backend(root, manifest, cache_entries=0).reference_mode().run(mixed)["logits"])
+
+
+def test_few_new_answers_among_cached_ones_run_the_parts(bundle):
+    root, manifest = bundle
+    backend = _backend(root, manifest, route="auto", cache_entries=16)
+    for text in ANSWERS[:6]:
+        backend.run(feeds_for(root, manifest, [[text]])[0])  # one new row: always the parts
+    assert backend.cache_stats()["whole_batches"] == 0 and backend.cache_stats()["entries"] == 6
+    feed = feeds_for(root, manifest, [ANSWERS[:8]])[0]  # 2 new of 8: under the recorded share
+    assert backend.new_rows(feed) == 2 < WHOLE_FRACTION * 8
+    out = backend.run(feed)["logits"]
+    assert backend.cache_stats()["whole_batches"] == 0
+    assert np.array_equal(out, _backend(root, manifest, cache_entries=0).run(feed)["logits"])
+
+
+def test_without_the_cache_new_answers_take_the_whole_graph_and_reference_mode_never_does(bundle):
+    root, manifest = bundle
+    feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
+    off = _backend(root, manifest, route="auto")
+    off.set_caching(False)
+    off.run(feed)
+    off.run(feed)
+    assert off.cache_stats()["whole_batches"] == 2 and off.cache_stats()["entries"] == 0
+    reference = _backend(root, manifest, route="auto").reference_mode()
+    reference.run(feed)
+    assert reference.cache_stats()["whole_batches"] == 0
+    forced = _backend(root, manifest, route="whole")
+    assert forced.run(feeds_for(root, manifest, [ANSWERS[:1]])[0]) and forced.cache_stats()["whole_batches"] == 1
+    with pytest.raises(UsageError):
+        forced.set_route("fastest")
+
+
+@pytest.mark.parametrize("change", ["part without record", "record without part", "fraction 0", "fraction 1.5",
+                                    "fraction true", "whole as cache branch"])
+def test_damaged_whole_records_are_bundle_errors(bundle, change):
+    _, manifest = bundle
+    art = manifest.artifact("fp32-split")
+    req = {**art.requirements}
+    if change == "part without record":
+        req.pop("whole")
+    elif change == "record without part":
+        req["parts"] = [p for p in req["parts"] if p["name"] != "whole"]
+    elif change == "whole as cache branch":
+        req["cache"] = {**req["cache"], "branch": "whole"}
+    else:
+        req["whole"] = {"min_new_fraction": {"fraction 0": 0, "fraction 1.5": 1.5, "fraction true": True}[change]}
+    damaged = Artifact(name="d", path=art.path, kind="split", precision="fp32", files=art.files, requirements=req)
+    with pytest.raises(BundleError):
+        parse_requirements(damaged)
+    assert unavailable_reason(damaged)
+
+
+def test_without_a_whole_part_every_batch_runs_the_parts(bundle):
+    root, manifest = bundle
+    art = manifest.artifact("fp32-split")
+    req = {k: v for k, v in art.requirements.items() if k != "whole"}
+    req["parts"] = [p for p in req["parts"] if p["name"] != "whole"]
+    parts_only = Artifact(name="p", path=art.path, kind="split", precision="fp32",
+                          files=[f for f in art.files if f != "model/fp32.onnx"], requirements=req)
+    backend = SplitBackend(root, parts_only, manifest.inputs, manifest.outputs, cache_entries=0).activate()
+    feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
+    assert np.array_equal(backend.run(feed)["logits"], _backend(root, manifest, cache_entries=0).run(feed)["logits"])
+    assert backend.cache_stats()["whole_batches"] == 0
+    with pytest.raises(UsageError):
+        backend.set_route("whole")
+
+
+def test_the_whole_part_loads_only_when_a_batch_needs_it(bundle):
+    root, manifest = bundle
+    backend = _backend(root, manifest, route="auto", cache_entries=16)
+    loaded = backend._loaded  # what activation opened (the whole graph is as large as both parts)
+    assert set(loaded) == {"text", "rest"}
+    backend.run(feeds_for(root, manifest, [ANSWERS[:1]])[0])
+    assert set(backend._loaded) == {"text", "rest"}
+    backend.run(feeds_for(root, manifest, [ANSWERS[:4]])[0])
+    assert set(backend._loaded) == {"text", "rest", "whole"} and backend.cache_stats()["whole_batches"] == 1

@@ -153,6 +153,14 @@ class Backend(ABC):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def reference_mode(self) -> Backend:
+        """Put the backend in the form golden sets and accuracy gates measure; returns ``self``.
+
+        Most backends have one form. One with an answer cache or several routes through its
+        graphs (:class:`~edgemm.runtime.backends.split.SplitBackend`) turns them off here.
+        """
+        return self
+
     def activate(self) -> Backend:
         """Load the model; idempotent. Returns ``self`` for chaining."""
         if not self._active:

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from edgemm.bundle.manifest import Artifact, Manifest
+from edgemm.bundle.manifest import Artifact, TensorSpec
 from edgemm.errors import BackendUnavailableError, MissingDependencyError
 from edgemm.runtime.backends.base import Backend
 from edgemm.runtime.backends.onnxruntime import OrtBackend
@@ -72,19 +72,32 @@ def unavailable_reason(art: Artifact, device: str) -> str | None:
     return None if reason is None else str(reason)
 
 
-def make_backend(root: Path, manifest: Manifest, art: Artifact, *, device: str = "cpu", threads: int | None = None,
-                 optimization: str = "all", allow_cpu_fallback: bool = False,
-                 provider_options: dict[str, str] | None = None) -> Backend:
+def make_backend(root: Path, art: Artifact, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
+                 device: str = "cpu", threads: int | None = None, optimization: str = "all",
+                 allow_cpu_fallback: bool = False, provider_options: dict[str, str] | None = None,
+                 compile_cache: bool = True) -> Backend:
     """The (inactive) backend for ``art``: ONNX Runtime, OpenVINO or split, by its kind.
+
+    Args:
+        root: The bundle directory (or the staging directory of one being written).
+        art: The artifact.
+        inputs / outputs: The graph interface (a manifest's ``inputs`` / ``outputs``).
+        device / threads / optimization / allow_cpu_fallback / provider_options: For ONNX Runtime
+            (see :class:`~edgemm.runtime.backends.onnxruntime.OrtBackend`); threads for every kind.
+        compile_cache: OpenVINO's machine-local compiled-model cache (off while a bundle is written).
 
     Raises:
         BackendUnavailableError / MissingDependencyError: The kind's backend cannot be used here.
     """
     if art.kind == "onnx":
-        return OrtBackend(root / art.path, manifest.inputs, manifest.outputs, device=device, threads=threads,
+        return OrtBackend(root / art.path, inputs, outputs, device=device, threads=threads,
                           optimization=optimization, allow_cpu_fallback=allow_cpu_fallback,
                           provider_options=provider_options)
+    if art.kind == "openvino":
+        module = _backend_module(art.kind)
+        return module.OpenVinoBackend.from_artifact(root, art, inputs, outputs, threads=threads,
+                                                    compile_cache=compile_cache)
     if art.kind in _OPTIONAL_BACKENDS:
         cls = getattr(_backend_module(art.kind), _OPTIONAL_BACKENDS[art.kind][1])
-        return cls.from_artifact(root, manifest, art, threads=threads)
+        return cls.from_artifact(root, art, inputs, outputs, threads=threads)
     raise BackendUnavailableError(f"Artifact {art.name!r} is a {art.kind}, which this runtime cannot run.")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgemm._deps import require
-from edgemm.bundle.manifest import Artifact, Manifest, TensorSpec
+from edgemm.bundle.manifest import Artifact, TensorSpec
 from edgemm.errors import BackendUnavailableError, RuntimeFailure, UsageError
 from edgemm.runtime.backends.base import Backend
 from edgemm.runtime.cpu import cpu_info
@@ -225,15 +225,19 @@ class OpenVinoBackend(Backend):
         self._output_names = [spec.name for spec in output_specs]
 
     @classmethod
-    def from_artifact(cls, root: Path, manifest: Manifest, artifact: Artifact, *,
-                      threads: int | None = None) -> OpenVinoBackend:
+    def from_artifact(cls, root: Path, artifact: Artifact, input_specs: list[TensorSpec],
+                      output_specs: list[TensorSpec], *, threads: int | None = None,
+                      compile_cache: bool = True) -> OpenVinoBackend:
         """The backend for an OpenVINO artifact of a bundle whose files the caller has verified.
 
         Args:
             root: The bundle directory.
-            manifest: Its verified manifest (:func:`edgemm.bundle.verify.verify_bundle` hashed the IR).
-            artifact: An artifact of kind ``"openvino"``.
+            artifact: An artifact of kind ``"openvino"`` (its files hashed by
+                :func:`edgemm.bundle.verify.verify_bundle` or the caller).
+            input_specs / output_specs: The bundle's graph interface (``manifest.inputs`` / ``outputs``).
             threads: Inference threads (None: the default).
+            compile_cache: Keep compiled models in the bundle's machine-local cache (off while a
+                bundle is still being written: its cache key is not final).
 
         Raises:
             BackendUnavailableError: This machine cannot run it (:func:`unavailable_reason`; exit 3).
@@ -244,8 +248,8 @@ class OpenVinoBackend(Backend):
                 "Run one of the bundle's ONNX artifacts instead (--artifact fp32 or int8)."
             raise BackendUnavailableError(f"OpenVINO artifact {artifact.name!r} cannot run here: {reason}.", hint=hint)
         precision = str(artifact.requirements.get("inference_precision", "f32"))
-        return cls(root / artifact.path, manifest.inputs, manifest.outputs, inference_precision=precision,
-                   threads=threads, cache_dir=_model_cache(root))
+        return cls(root / artifact.path, input_specs, output_specs, inference_precision=precision,
+                   threads=threads, cache_dir=_model_cache(root) if compile_cache else None)
 
     def _activate_impl(self) -> None:
         self._compiled = compile_model(self.model_path, inference_precision=self.inference_precision,
