@@ -42,7 +42,7 @@ def section(doc: dict[str, Any], path: Path) -> str:
              "| contender | precision | batch | e2e p50 ms | e2e p99 ms | model p50 ms | model p99 ms | items/s (model) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     precision = {c["name"]: c["precision"] for c in doc["contenders"]}
-    cells = {(r["contender"], r["mode"], r["batch"]): r for r in doc["latency"] if r.get("seq") is None}
+    cells = _cells(doc, load="quiet", workload="standard")
     for batch in doc["config"]["batch_sizes"]:
         for name in precision:
             e2e, model = cells.get((name, "e2e", batch), {}), cells.get((name, "model", batch), {})
@@ -53,8 +53,10 @@ def section(doc: dict[str, Any], path: Path) -> str:
                          f"{_fmt(model.get('p50_ms'))} | {_fmt(model.get('p99_ms'))} | {_fmt(model.get('throughput_per_s'), 1)} |")
     flags = noise_flags(doc)
     if flags:
+        noisy = dict.fromkeys(f"{f['contender']} {f['mode']} batch {f['batch']}" for f in flags)  # once per cell
         lines += ["", "Noisy cells (p99 over 3× p50, or rounds disagreeing; another process likely interfered): "
-                      + "; ".join(f"{f['contender']} {f['mode']} batch {f['batch']}" for f in flags) + "."]
+                      + "; ".join(noisy) + "."]
+    lines += _contended_table(doc, precision) + _repeated_table(doc, precision)
     if doc["accuracy"]["rows"]:
         lines += ["", f"Accuracy on {doc['accuracy']['data']['source']}:", "",
                   "| contender | accuracy | drop vs FP32 (pt) | top-1 agreement |", "| --- | ---: | ---: | ---: |"]
@@ -85,6 +87,47 @@ def section(doc: dict[str, Any], path: Path) -> str:
         for t in doc["targets"]:
             lines.append(f"| {t['target']} | {t.get('goal', '')} | {_fmt(t.get('measured'), 3)} | **{t['status']}** |")
     return "\n".join(lines)
+
+
+def _cells(doc: dict[str, Any], *, load: str, workload: str) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """``(contender, mode, batch) → row`` of one load and workload (a cell is timed once per pair)."""
+    return {(r["contender"], r["mode"], r["batch"]): r for r in doc["latency"]
+            if r.get("seq") is None and r.get("load", "quiet") == load and r.get("workload", "standard") == workload}
+
+
+def _contended_table(doc: dict[str, Any], precision: dict[str, str]) -> list[str]:
+    """p50 quiet → with one core busy, per contender and batch (the standard workload)."""
+    quiet, busy = _cells(doc, load="quiet", workload="standard"), _cells(doc, load="contended", workload="standard")
+    if not busy:
+        return []
+    lines = ["", "With one core kept busy (`--contention`; quiet and contended passes interleaved in every round):", "",
+             "| contender | batch | e2e p50 quiet → busy ms | model p50 quiet → busy ms |", "| --- | ---: | --- | --- |"]
+    for batch in doc["config"]["batch_sizes"]:
+        for name in precision:
+            cols = []
+            for mode in ("e2e", "model"):
+                q, b = quiet.get((name, mode, batch), {}), busy.get((name, mode, batch), {})
+                qp, bp = q.get("p50_ms"), b.get("p50_ms")
+                cols.append(f"{_fmt(qp)} → {_fmt(bp)} ({bp / qp:.2f}×)" if qp and bp else "–")
+            if cols != ["–", "–"]:
+                lines.append(f"| {name} | {batch} | {cols[0]} | {cols[1]} |")
+    return lines
+
+
+def _repeated_table(doc: dict[str, Any], precision: dict[str, str]) -> list[str]:
+    """The repeated-answer workload (end to end), quiet and with one core busy."""
+    quiet, busy = _cells(doc, load="quiet", workload="repeated"), _cells(doc, load="contended", workload="repeated")
+    if not quiet:
+        return []
+    lines = ["", f"Repeated-answer workload ({doc.get('workload', {}).get('repeated', 'texts repeat')}), end to end:", "",
+             "| contender | batch | p50 ms | p99 ms | p50 with one core busy ms |", "| --- | ---: | ---: | ---: | ---: |"]
+    for batch in sorted({k[2] for k in quiet}):
+        for name in precision:
+            row = quiet.get((name, "e2e", batch))
+            if row and not row.get("error"):
+                lines.append(f"| {name} | {batch} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('p99_ms'))} | "
+                             f"{_fmt(busy.get((name, 'e2e', batch), {}).get('p50_ms'))} |")
+    return lines
 
 
 def serve_section(doc: dict[str, Any], path: Path) -> str:
