@@ -64,8 +64,8 @@ def split_bundle(tiny_bundle: Path, target: Path, *, entries: int = 4) -> tuple[
         artifact, files=[*(f for f in artifact.files if f != source.path), source.path],
         requirements={**artifact.requirements, "parts": parts, "whole": {"min_new_fraction": WHOLE_FRACTION}})
     golden = GoldenSet.load(target / manifest.golden)
-    with SplitBackend(target, artifact, manifest.inputs, manifest.outputs).reference_mode() as backend:
-        golden.artifacts[artifact.name] = backend.run(golden.feed)
+    with SplitBackend(target, artifact, manifest.inputs, manifest.outputs) as backend:
+        golden.artifacts[artifact.name] = backend.run_reference(golden.feed)
     golden.save(target / manifest.golden)
     manifest.artifacts.append(artifact)
     manifest.validation["split"] = report

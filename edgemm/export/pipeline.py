@@ -315,9 +315,8 @@ def _build(module: Any, spec: ExportSpec, source: dict[str, Any], staging: Path,
     progress.step("Recording the golden set")
     golden = _golden_set(module, spec, staging, options.golden_size)
     for art in artifacts:
-        backend = make_backend(staging, art, inputs, outputs, compile_cache=False).reference_mode()
-        with backend:
-            golden.artifacts[art.name] = backend.run(golden.feed)
+        with make_backend(staging, art, inputs, outputs, compile_cache=False) as backend:
+            golden.artifacts[art.name] = backend.run_reference(golden.feed)
         if art.name != "fp32":
             # Variants are checked against their own outputs, with room for their precision.
             art.validation.setdefault("tolerance", Tolerance.for_precision(art.precision).to_dict())

@@ -537,15 +537,14 @@ def _measure(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) 
 
     backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs)
     backend.activate()
-    backend.reference_mode()
     source = create_session(request.staging / request.source.path)
     tolerance = Tolerance.for_precision(request.source.precision)
     started = time.perf_counter()
-    split_out = np.concatenate([backend.run(f)[request.output] for f in request.feeds]).astype(np.float64)
+    split_out = np.concatenate([backend.run_reference(f)[request.output] for f in request.feeds]).astype(np.float64)
     source_out = np.concatenate([source.run([request.output], f)[0] for f in request.feeds]).astype(np.float64)
     # Batch 1, unpadded: the split form runs exactly the source's arithmetic (same engine, same nodes).
     singles = [_unpadded_row(f, i, artifact) for f in request.feeds[:2] for i in range(min(4, _rows(f)))]
-    single_diff = max(float(np.abs(backend.run(f)[request.output] - source.run([request.output], f)[0]).max())
+    single_diff = max(float(np.abs(backend.run_reference(f)[request.output] - source.run([request.output], f)[0]).max())
                       for f in singles)
     parity = {"against": request.source.name, "max_abs_diff": float(np.abs(split_out - source_out).max()),
               "top1_agreement": top1_agreement(split_out, source_out, tolerance),
@@ -558,7 +557,7 @@ def _measure(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) 
                  budget_points=request.budget_points, tolerance=tolerance)
     nonfinite = 0
     for feed in (request.edge_feeds or {}).values():
-        nonfinite += sum(int((~np.isfinite(v)).sum()) for v in backend.run(feed).values()
+        nonfinite += sum(int((~np.isfinite(v)).sum()) for v in backend.run_reference(feed).values()
                          if np.issubdtype(v.dtype, np.floating))
     if nonfinite:
         gate.passed = False

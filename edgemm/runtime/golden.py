@@ -131,7 +131,7 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
                           hint="Export the bundle again with this edgemm.")
     tolerance = manifest.tolerance(art)
     if backend is not None:
-        actual = backend.run(golden.feed)
+        actual = backend.run_reference(golden.feed)  # the recorded form, not an answer cache's
     else:
         if art.kind == ENGINE_KIND:
             # Hash and compatibility checks come before the engine is deserialized.
@@ -142,9 +142,8 @@ def golden_report(bundle: Path, manifest: Manifest, artifact: str, *, device: st
             from edgemm.runtime.backends.kinds import make_backend
 
             backend = make_backend(bundle, art, manifest.inputs, manifest.outputs, device=device, threads=threads)
-            backend.reference_mode()  # the recorded outputs, not an answer cache's
         with backend:
-            actual = backend.run(golden.feed)
+            actual = backend.run_reference(golden.feed)
     classify = manifest.classifying_outputs
     # Pass/fail: does the artifact still produce what it produced at export time? The drift
     # against the PyTorch reference is reported alongside (an accepted mismatch shows up there).

@@ -180,7 +180,7 @@ def test_a_batch_of_many_new_answers_runs_the_whole_graph_and_warms_the_cache(bu
     mixed = feeds_for(root, manifest, [[ANSWERS[5], cached_text]])[0]
     got = backend.run(mixed)["logits"]
     assert backend.cache_stats()["whole_batches"] == 1
-    assert np.array_equal(got, _backend(root, manifest, cache_entries=0).reference_mode().run(mixed)["logits"])
+    assert np.array_equal(got, _backend(root, manifest, route="auto").run_reference(mixed)["logits"])
 
 
 def test_few_new_answers_among_cached_ones_run_the_parts(bundle):
@@ -196,7 +196,7 @@ def test_few_new_answers_among_cached_ones_run_the_parts(bundle):
     assert np.array_equal(out, _backend(root, manifest, cache_entries=0).run(feed)["logits"])
 
 
-def test_without_the_cache_new_answers_take_the_whole_graph_and_reference_mode_never_does(bundle):
+def test_without_the_cache_new_answers_take_the_whole_graph_and_reference_runs_never_do(bundle):
     root, manifest = bundle
     feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
     off = _backend(root, manifest, route="auto")
@@ -204,9 +204,11 @@ def test_without_the_cache_new_answers_take_the_whole_graph_and_reference_mode_n
     off.run(feed)
     off.run(feed)
     assert off.cache_stats()["whole_batches"] == 2 and off.cache_stats()["entries"] == 0
-    reference = _backend(root, manifest, route="auto").reference_mode()
-    reference.run(feed)
-    assert reference.cache_stats()["whole_batches"] == 0
+    reference = _backend(root, manifest, route="auto", cache_entries=16)
+    expected = _backend(root, manifest, cache_entries=0).run(feed)["logits"]  # the parts, row by row
+    assert np.array_equal(reference.run_reference(feed)["logits"], expected)
+    stats = reference.cache_stats()  # the cache neither read nor written, nothing counted
+    assert (stats["whole_batches"], stats["entries"], stats["hits"], stats["misses"]) == (0, 0, 0, 0)
     forced = _backend(root, manifest, route="whole")
     assert forced.run(feeds_for(root, manifest, [ANSWERS[:1]])[0]) and forced.cache_stats()["whole_batches"] == 1
     with pytest.raises(UsageError):
@@ -257,3 +259,18 @@ def test_the_whole_part_loads_only_when_a_batch_needs_it(bundle):
     assert set(backend._loaded) == {"text", "rest"}
     backend.run(feeds_for(root, manifest, [ANSWERS[:4]])[0])
     assert set(backend._loaded) == {"text", "rest", "whole"} and backend.cache_stats()["whole_batches"] == 1
+
+
+def test_a_live_predictors_golden_canary_measures_the_parts_and_leaves_the_cache_alone(bundle):
+    # A server checks the golden set through its live backend beside requests: the canary must
+    # run the recorded form (the parts), not whichever route its batch of new rows would take.
+    from edgemm.runtime.predictor import Predictor
+
+    root, manifest = bundle
+    with Predictor.load(root, artifact="fp32-split") as predictor:
+        backend = predictor.backend
+        backend.run(feeds_for(root, manifest, [ANSWERS[:2]])[0])
+        before = backend.cache_stats()
+        report = predictor.check_golden()
+        assert report["passed"], report
+        assert backend.cache_stats() == before

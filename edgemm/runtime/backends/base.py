@@ -153,14 +153,6 @@ class Backend(ABC):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def reference_mode(self) -> Backend:
-        """Put the backend in the form golden sets and accuracy gates measure; returns ``self``.
-
-        Most backends have one form. One with an answer cache or several routes through its
-        graphs (:class:`~edgemm.runtime.backends.split.SplitBackend`) turns them off here.
-        """
-        return self
-
     def activate(self) -> Backend:
         """Load the model; idempotent. Returns ``self`` for chaining."""
         if not self._active:
@@ -196,11 +188,27 @@ class Backend(ABC):
                 caller can still tell e.g. a poisoned CUDA context). Any other exception is a
                 bug in edgemm and propagates unchanged, traceback included.
         """
+        return self._checked_run(feed, self._run_impl)
+
+    def run_reference(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``feed`` the way golden sets and accuracy gates measure the artifact.
+
+        The same as :meth:`run` for most backends. One with an answer cache or several routes
+        through its graphs (:class:`~edgemm.runtime.backends.split.SplitBackend`) computes every
+        row the one recorded way here, leaving its cache alone — safe beside concurrent
+        :meth:`run` calls (a server's canary).
+
+        Raises:
+            As :meth:`run`.
+        """
+        return self._checked_run(feed, self._run_reference_impl)
+
+    def _checked_run(self, feed: dict[str, np.ndarray], impl: Any) -> dict[str, np.ndarray]:
         if not self._active:
             self.activate()
         self.check_feed(feed)
         try:
-            return self._run_impl(feed)
+            return impl(feed)
         except self._engine_errors() as exc:
             raise RuntimeFailure(f"{self.name} failed: {exc}", hint="Run `edgemm verify` on the bundle.",
                                  details={"engine_error": type(exc).__name__}) from exc
@@ -254,6 +262,9 @@ class Backend(ABC):
 
     @abstractmethod
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _run_reference_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run_impl(feed)
 
     @abstractmethod
     def _device_impl(self) -> str: ...

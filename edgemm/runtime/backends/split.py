@@ -20,7 +20,8 @@ model, 2-core EPYC: 8 new answers 8.5 ms row by row against 2.3 ms unsplit). Whe
 recorded one (``requirements.whole``), a batch whose share of new answers reaches the measured
 break-even runs through the unsplit source graph (the same file as the source artifact, gated on
 its own), and one of its new rows is computed alone and cached, so a classroom's answers still
-reach the cache. Golden sets and the gate see the parts (:meth:`SplitBackend.reference_mode`).
+reach the cache. Golden sets and the gate see the parts (:meth:`Backend.run_reference`: every row
+alone, nothing cached; the whole part is the source artifact's graph, checked as that artifact).
 
 Torch-free: ONNX Runtime (through :func:`edgemm.runtime.sessions.create_session`) or, for parts
 built for it, OpenVINO.
@@ -345,12 +346,6 @@ class SplitBackend(Backend):
             raise UsageError(f"Split artifact {self.artifact.name!r} has no '{WHOLE_PART}' part.")
         self._route = route
 
-    def reference_mode(self) -> SplitBackend:  # overrides Backend.reference_mode
-        """The form golden sets and the accuracy gate measure: every row computed alone through the
-        parts, nothing cached (the whole part is the source artifact's graph, checked as that artifact)."""
-        self.set_caching(False)
-        self.set_route("parts")
-        return self
 
     # -- Backend hooks -------------------------------------------------------------------------
 
@@ -390,28 +385,37 @@ class SplitBackend(Backend):
         return errors
 
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._answer(feed, route=self._route, caching=self._enabled and self.policy.entries > 0, counted=True)
+
+    def _run_reference_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Every row computed alone through the parts; the cache is neither read nor written and the
+        # counters stay as they are (a server's canary runs beside its requests).
+        return self._answer(feed, route="parts", caching=False, counted=False)
+
+    def _answer(self, feed: dict[str, np.ndarray], *, route: str, caching: bool,
+                counted: bool) -> dict[str, np.ndarray]:
         branch = self._branch_spec
         rows = int(feed[branch.inputs[0]].shape[0])
         values: list[tuple[np.ndarray, ...] | None] = [None] * rows
         keys = [self._key(feed, i) for i in range(rows)]
-        with self._lock:
-            for i, (key, _) in enumerate(keys):
-                hit = self._cache.get(key) if self.policy.entries and self._enabled else None
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    values[i] = hit
-                    self._stats["hits"] += 1
-                else:
-                    self._stats["misses"] += 1
+        if caching or counted:
+            with self._lock:
+                for i, (key, _) in enumerate(keys):
+                    hit = self._cache.get(key) if caching else None
+                    if hit is not None:
+                        self._cache.move_to_end(key)
+                        values[i] = hit
+                    if counted:
+                        self._stats["hits" if hit is not None else "misses"] += 1
         new = {key: (i, length) for i, (key, length) in enumerate(keys) if values[i] is None}
         whole = self._whole_spec
-        if whole is not None and self._runs_whole(len(new), rows):
+        if whole is not None and self._runs_whole(route, len(new), rows):
             out = self._whole(whole).run({name: feed[name] for name in whole.inputs})
             with self._lock:
                 self._stats["whole_batches"] += 1
             # One new row computed alone and kept: answers that keep coming in busy batches still
             # reach the cache, at the cost of one row per batch.
-            if new and self.policy.entries and self._enabled:
+            if new and caching:
                 key, (i, length) = next(iter(new.items()))
                 self._store({key: self._compute_row(feed, i, length)})
             return {name: out[name] for name in self._output_names}
@@ -422,19 +426,20 @@ class SplitBackend(Backend):
             if key not in fresh:  # the same answer twice in one batch is computed once
                 fresh[key] = self._compute_row(feed, i, length)
             values[i] = fresh[key]
-        self._store(fresh)
+        if caching:
+            self._store(fresh)
         rest_feed = {name: feed[name] for name in self._rest_spec.inputs if name in feed}
         for j, name in enumerate(branch.outputs):
             rest_feed[name] = np.stack([v[j] for v in values if v is not None])
         out = self._loaded["rest"].run(rest_feed)
         return {name: out[name] for name in self._output_names}
 
-    def _runs_whole(self, new: int, rows: int) -> bool:
+    def _runs_whole(self, route: str, new: int, rows: int) -> bool:
         """Whether this batch goes through the whole part: two or more new rows, at least the
         recorded share of the batch (the break-even the export measured)."""
-        if self._whole_fraction is None or self._route == "parts":
+        if self._whole_fraction is None or route == "parts":
             return False
-        return self._route == "whole" or (new >= 2 and new >= self._whole_fraction * rows)
+        return route == "whole" or (new >= 2 and new >= self._whole_fraction * rows)
 
     def _compute_row(self, feed: dict[str, np.ndarray], i: int, length: int | None) -> tuple[np.ndarray, ...]:
         """Row ``i``'s branch outputs, computed alone at ``length`` positions (None: as given)."""
@@ -445,7 +450,7 @@ class SplitBackend(Backend):
         return tuple(np.array(out[name][0]) for name in branch.outputs)
 
     def _store(self, fresh: dict[bytes, tuple[np.ndarray, ...]]) -> None:
-        if fresh and self.policy.entries and self._enabled:
+        if fresh:
             with self._lock:
                 for key, value in fresh.items():
                     self._cache[key] = value
