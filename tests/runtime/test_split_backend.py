@@ -274,3 +274,14 @@ def test_a_live_predictors_golden_canary_measures_the_parts_and_leaves_the_cache
         report = predictor.check_golden()
         assert report["passed"], report
         assert backend.cache_stats() == before
+
+
+@pytest.mark.parametrize("part", ["rest", "whole"])
+def test_a_part_that_does_not_return_the_models_outputs_is_a_bundle_error(bundle, part):
+    root, manifest = bundle
+    art = manifest.artifact("fp32-split")
+    parts = [{**p, "outputs": []} if p["name"] == part else p for p in art.requirements["parts"]]
+    damaged = Artifact(name="d", path=art.path, kind="split", precision="fp32", files=art.files,
+                       requirements={**art.requirements, "parts": parts})
+    with pytest.raises(BundleError, match=f"its {part} part does not return"):
+        SplitBackend(root, damaged, manifest.inputs, manifest.outputs)

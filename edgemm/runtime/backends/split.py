@@ -270,6 +270,11 @@ class SplitBackend(Backend):
         if unknown:
             raise BundleError(f"Split artifact {artifact.name!r}: its parts read {unknown}, which are "
                               "not graph inputs.", hint=_REBUILD)
+        for spec in (p for p in (self._rest_spec, self._whole_spec) if p is not None):
+            missing = [s.name for s in output_specs if s.name not in spec.outputs]
+            if missing:
+                raise BundleError(f"Split artifact {artifact.name!r}: its {spec.name} part does not return {missing}, "
+                                  "which the model outputs.", hint=_REBUILD)
         if policy.padding == "trim" and policy.mask not in self._branch_spec.inputs:
             raise BundleError(f"Split artifact {artifact.name!r}: the padding mask {policy.mask!r} is not an input "
                               f"of the {policy.branch} part.", hint=_REBUILD)
