@@ -45,6 +45,19 @@ def summary(bundle: Path) -> dict[str, Any]:
     }
 
 
+def _split_line(requirements: dict[str, Any]) -> str:
+    """What a split artifact caches and when it answers through its whole graph, in one line."""
+    parts = {p.get("name"): p for p in requirements.get("parts", []) if isinstance(p, dict)}
+    cache = requirements.get("cache") or {}
+    line = (f"{cache.get('branch', '?')} part cached ({cache.get('entries', '?')} answers, padding "
+            f"{cache.get('padding', '?')}), rest part on the batch")
+    whole, fraction = parts.get("whole"), (requirements.get("whole") or {}).get("min_new_fraction")
+    if whole and isinstance(fraction, (int, float)):
+        line += (f"; batches with ≥ {100 * fraction:.0f} % new answers run the whole graph "
+                 f"({whole.get('path')}, the {requirements.get('source_artifact', 'source')} artifact's file)")
+    return line
+
+
 def _openvino_unavailable(artifact: Any) -> str | None:
     """Why this machine cannot run an OpenVINO artifact (None: it can)."""
     from edgemm.runtime.backends.openvino import unavailable_reason
@@ -116,6 +129,8 @@ def inspect(bundle: Path, as_json: bool) -> None:
                  f"{a['requirements'].get('inference_precision', 'f32')}"
                  + (f", {a['quantization'].get('method')}" if a["quantization"] else "")
                  + f"; here: {a.get('unavailable') or 'runs'}")
+        elif a["kind"] == "split":
+            echo(f"             {_split_line(a['requirements'])}")
     parity = info["validation"].get("parity", {})
     if parity:
         state = "passed" if parity.get("passed") else "FAILED (accepted)"

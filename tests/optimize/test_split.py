@@ -200,3 +200,11 @@ def test_int8_dynamic_source_rows_are_computed_alone(split, tmp_path):
 
         expected = create_session(copy / "model/int8.onnx").run(["logits"], mixed)[0]
         assert np.array_equal(fresh.run(mixed)["logits"], expected)
+
+
+def test_inspect_says_what_is_cached_and_when_the_whole_graph_answers(split):
+    root, _ = split
+    result = CliRunner().invoke(cli, ["inspect", str(root)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ("text part cached (8 answers, padding trim), rest part on the batch; batches with ≥ 50 % new answers "
+            "run the whole graph (model/fp32.onnx, the fp32 artifact's file)") in result.output
