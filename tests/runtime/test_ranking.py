@@ -300,6 +300,56 @@ def test_cost_orders_by_latency_and_accounts_for_load_time(monkeypatch: pytest.M
     assert "load 2.00 s vs 0.05 s" in board.reasons()[0]
 
 
+def test_an_answer_cache_is_costed_on_new_and_cached_answers(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ranking, "TIE_ABSOLUTE_MS", 0.05)
+    # Measured shapes on the reference model: a new answer through the split is slower than
+    # ORT int8, a cached one three times faster; at REPEAT_SHARE cached the split is ahead.
+    split = Timing("int8-split", 140, 1.87, 20, hit_p50_ms=0.6)
+    assert split.answer_ms == pytest.approx((1 - ranking.REPEAT_SHARE) * 1.87 + ranking.REPEAT_SHARE * 0.6)
+    timings = {"int8-split": split, "int8": Timing("int8", 100, 1.53, 20)}
+    board = Ranking(order_by_cost(["int8-split", "int8"], timings), timings, source="measured")
+    assert board.order == ["int8-split", "int8"]
+    assert board.reasons() == ["int8: ranked below int8-split on this machine (1.53 ms vs 1.24 ms "
+                               "(1.87 ms new, 0.6 ms cached answers) at batch 1)"]
+    # A cache that barely helps does not buy a slow path for new answers.
+    slow = {"int8-split": Timing("int8-split", 140, 4.0, 20, hit_p50_ms=3.5), "int8": Timing("int8", 100, 1.53, 20)}
+    assert order_by_cost(["int8-split", "int8"], slow) == ["int8", "int8-split"]
+    # The cache file keeps both medians; a timing without a cache has none.
+    assert Timing.from_dict(split.to_dict()) == split
+    assert "hit_p50_ms" not in timings["int8"].to_dict() and Timing.from_dict(timings["int8"].to_dict()).hit_p50_ms is None
+
+
+def test_timing_runs_of_a_cached_backend_time_new_and_cached_answers():
+    class Cached:
+        def __init__(self):
+            self.cache, self.calls = set(), []
+
+        def clear_cache(self):
+            self.cache.clear()
+
+        def run(self, feed):
+            self.calls.append("hit" if "row" in self.cache else "new")
+            self.cache.add("row")
+
+    backend, new, hits = Cached(), [], []
+    ranking._time_runs(backend, {}, 3, new, hits)
+    assert backend.calls == ["new", "hit"] * 3 and len(new) == len(hits) == 3
+    plain, new, hits = types.SimpleNamespace(run=lambda feed: None), [], []
+    ranking._time_runs(plain, {}, 3, new, hits)
+    assert len(new) == 3 and hits == []
+
+
+def test_a_cache_written_by_the_previous_schema_is_measured_again(tmp_path: Path):
+    path = tmp_path / "ranking.json"
+    machine = {"cpu": "x"}
+    doc = {"schema": "edgemm.ranking/1", "manifest_sha256": "s", "machine": machine, "candidates": ["a", "b"],
+           "timings": [Timing("a", 1, 1.0, 5).to_dict(), Timing("b", 1, 2.0, 5).to_dict()]}
+    path.write_text(json.dumps(doc))
+    assert ranking.read_cache(path, "s", ["a", "b"], machine) is None
+    path.write_text(json.dumps({**doc, "schema": ranking.CACHE_SCHEMA}))
+    assert ranking.read_cache(path, "s", ["a", "b"], machine).order == ["a", "b"]
+
+
 def test_near_ties_go_to_the_static_order(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(ranking, "TIE_ABSOLUTE_MS", 0.05)
     timings = {"a": Timing("a", 10, 2.04, 20), "b": Timing("b", 10, 2.0, 20), "c": Timing("c", 10, 1.0, 20)}
