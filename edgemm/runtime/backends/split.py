@@ -18,10 +18,13 @@ Why a third, *whole* part: a row alone pays the branch graph's per-call overhead
 many new answers is slower row by row than through the unsplit graph (measured on the reference
 model, 2-core EPYC: 8 new answers 8.5 ms row by row against 2.3 ms unsplit). Where the export
 recorded one (``requirements.whole``), a batch whose share of new answers reaches the measured
-break-even runs through the unsplit source graph (the same file as the source artifact, gated on
-its own), and one of its new rows is computed alone and cached, so a classroom's answers still
-reach the cache. Golden sets and the gate see the parts (:meth:`Backend.run_reference`: every row
-alone, nothing cached; the whole part is the source artifact's graph, checked as that artifact).
+break-even runs through an unsplit graph, and one of its new rows is computed alone and cached, so
+a classroom's answers still reach the cache. That graph is another artifact's own file, gated on
+its own: whichever of the source artifact and the bundle's portable OpenVINO IRs the export
+measured fastest on its largest batch (OpenVINO's INT8 kernels beat ONNX Runtime's at batch 32 on
+the reference model, 10.1 against 13.9 ms). A kiosk that cannot run it (no ``openvino``
+installed) runs every batch through the parts. Golden sets and the gate see the parts
+(:meth:`Backend.run_reference`: every row alone, nothing cached).
 
 Torch-free: ONNX Runtime (through :func:`edgemm.runtime.sessions.create_session`) or, for parts
 built for it, OpenVINO.
@@ -29,6 +32,7 @@ built for it, OpenVINO.
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 from collections import OrderedDict
@@ -42,6 +46,8 @@ from edgemm.bundle.manifest import Artifact, TensorSpec
 from edgemm.errors import BundleError, UsageError
 from edgemm.runtime.backends.base import Backend
 from edgemm.runtime.sessions import create_session, default_threads, engine_errors
+
+log = logging.getLogger("edgemm.runtime")
 
 SPLIT_KIND = "split"
 WHOLE_PART = "whole"
@@ -178,55 +184,62 @@ def unavailable_reason(artifact: Artifact) -> str | None:
     """Why this machine cannot run ``artifact`` (None: it can).
 
     A part for OpenVINO needs the ``openvino`` package (and, for BF16, a CPU with BF16
-    instructions); ONNX Runtime parts need nothing beyond the base install.
+    instructions); ONNX Runtime parts need nothing beyond the base install. The ``whole`` part is
+    not required: without it every batch runs the parts (:attr:`SplitBackend.whole_unavailable`).
     """
     try:
         parts, _ = parse_requirements(artifact)
     except BundleError as exc:
         return exc.message
     for part in parts:
-        if part.engine != "openvino":
-            continue
-        from edgemm.runtime.backends.openvino import has_bf16
+        if part.name != WHOLE_PART:
+            reason = part_unavailable_reason(part)
+            if reason is not None:
+                return reason
+    return None
 
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return f"part {part.name!r} runs on OpenVINO, which is not installed: pip install 'edgemm[openvino]'"
-        if platform.machine().lower() not in ("x86_64", "amd64"):
-            return f"part {part.name!r} was built for OpenVINO on x86 CPUs"
-        if part.precision == "bf16" and not has_bf16():
-            return f"part {part.name!r} runs in BF16, which this CPU lacks (no avx512_bf16 / amx_bf16)"
+
+def part_unavailable_reason(part: PartSpec) -> str | None:
+    """Why this machine cannot run one part (None: it can)."""
+    if part.engine != "openvino":
+        return None
+    from edgemm.runtime.backends.openvino import has_bf16
+
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return f"part {part.name!r} runs on OpenVINO, which is not installed: pip install 'edgemm[openvino]'"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"part {part.name!r} was built for OpenVINO on x86 CPUs"
+    if part.precision == "bf16" and not has_bf16():
+        return f"part {part.name!r} runs in BF16, which this CPU lacks (no avx512_bf16 / amx_bf16)"
     return None
 
 
 class _Part:
-    """A loaded part: one engine session and the output names it returns."""
+    """A loaded part: one engine session (or compiled OpenVINO model) and the outputs it returns."""
 
-    def __init__(self, spec: PartSpec, root: Path, threads: int):
+    def __init__(self, spec: PartSpec, root: Path, threads: int, cache_dir: Path | None = None):
         self.spec = spec
         self._outputs = list(spec.outputs)
+        self._compiled: Any = None
+        self._session: Any = None
         if spec.engine == "onnxruntime":
-            self._session = create_session(root / spec.path, threads=threads)
-            self._ov = None
+            # The parts run back to back on the same cores: no part's workers may keep spinning.
+            self._session = create_session(root / spec.path, threads=threads, stop_spinning=True)
         else:
-            from edgemm._deps import require
-            from edgemm.runtime.backends.openvino import ov_properties
+            from edgemm.runtime.backends.openvino import compile_model
 
-            ov = require("openvino", extra="openvino", purpose="running a split artifact's OpenVINO part")
-            core = ov.Core()
-            config = ov_properties("bf16" if spec.precision == "bf16" else "f32", threads)
-            self._ov = core.compile_model(core.read_model(str(root / spec.path)), "CPU", config)
-            self._session = None
+            self._compiled = compile_model(root / spec.path, threads=threads, cache_dir=cache_dir,
+                                           inference_precision="bf16" if spec.precision == "bf16" else "f32")
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is not None:
             return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        from edgemm.runtime.backends.openvino import infer
+
         # One infer request per call: compiled models are thread-safe, requests are not.
-        request = self._ov.create_infer_request()
-        result = request.infer({k: feed[k] for k in self.spec.inputs})
-        by_name = {port.get_any_name(): value for port, value in result.items()}
-        return {name: np.array(by_name[name]) for name in self._outputs}
+        return infer(self._compiled.create_infer_request(), {k: feed[k] for k in self.spec.inputs}, self._outputs)
 
 
 class SplitBackend(Backend):
@@ -238,6 +251,12 @@ class SplitBackend(Backend):
         input_specs / output_specs: The manifest's graph interface.
         threads: Intra-op threads per part (default :func:`default_threads`).
         cache_entries: Override the manifest's cache size (0 disables caching).
+        compile_cache: Keep OpenVINO parts' compiled models in the bundle's machine-local cache
+            (off while a bundle is still being written).
+
+    Attributes:
+        whole_unavailable: Why the artifact's ``whole`` part cannot run here (None: it can, or
+            there is none); without it every batch runs the parts.
 
     Raises:
         BundleError: The artifact's split record is inconsistent.
@@ -247,7 +266,8 @@ class SplitBackend(Backend):
     name = "split"
 
     def __init__(self, root: str | Path, artifact: Artifact, input_specs: list[TensorSpec],
-                 output_specs: list[TensorSpec], *, threads: int | None = None, cache_entries: int | None = None):
+                 output_specs: list[TensorSpec], *, threads: int | None = None, cache_entries: int | None = None,
+                 compile_cache: bool = True):
         super().__init__(input_specs, output_specs)
         if threads is not None and threads < 1:
             raise UsageError(f"threads must be at least 1, got {threads}.")
@@ -257,6 +277,7 @@ class SplitBackend(Backend):
         self.artifact = artifact
         self.parts, policy = parse_requirements(artifact)
         self._whole_spec = next((p for p in self.parts if p.name == WHOLE_PART), None)
+        self._compile_cache = compile_cache
         if cache_entries is not None:
             policy = CachePolicy(policy.branch, cache_entries, policy.padding, policy.mask, policy.min_length)
         self.policy = policy
@@ -286,12 +307,17 @@ class SplitBackend(Backend):
         self._stats = self._zero_stats()
         self._enabled = True
         self._whole_fraction = whole_fraction(artifact)
+        self.whole_unavailable = part_unavailable_reason(self._whole_spec) if self._whole_spec else None
+        if self.whole_unavailable is not None:
+            # An optional part: the batch route is lost, the answers are not.
+            log.warning("split %s: every batch runs the parts: %s", artifact.name, self.whole_unavailable)
+            self._whole_spec, self._whole_fraction = None, None
         self._route = "auto"
 
     @classmethod
     def from_artifact(cls, root: str | Path, artifact: Artifact, input_specs: list[TensorSpec],
                       output_specs: list[TensorSpec], *, threads: int | None = None,
-                      cache_entries: int | None = None) -> SplitBackend:
+                      cache_entries: int | None = None, compile_cache: bool = True) -> SplitBackend:
         """The backend of a bundle's split artifact (files are hash-checked by bundle verification;
         ``input_specs`` / ``output_specs`` are the bundle's ``manifest.inputs`` / ``outputs``).
 
@@ -300,7 +326,8 @@ class SplitBackend(Backend):
         """
         if artifact.kind != SPLIT_KIND:
             raise BundleError(f"Artifact {artifact.name!r} is of kind {artifact.kind!r}, not {SPLIT_KIND!r}.")
-        return cls(root, artifact, input_specs, output_specs, threads=threads, cache_entries=cache_entries)
+        return cls(root, artifact, input_specs, output_specs, threads=threads, cache_entries=cache_entries,
+                   compile_cache=compile_cache)
 
     # -- cache ---------------------------------------------------------------------------------
 
@@ -360,8 +387,13 @@ class SplitBackend(Backend):
         self._loaded = {p.name: self._load(p) for p in self.parts if p.name != WHOLE_PART}
 
     def _load(self, spec: PartSpec) -> _Part:
+        cache_dir = None
+        if spec.engine == "openvino" and self._compile_cache:
+            from edgemm.runtime.backends.openvino import model_cache_dir
+
+            cache_dir = model_cache_dir(self.root)
         try:
-            return _Part(spec, self.root, self.threads)
+            return _Part(spec, self.root, self.threads, cache_dir)
         except engine_errors() as exc:
             from edgemm.errors import RuntimeFailure
 
@@ -386,7 +418,9 @@ class SplitBackend(Backend):
     def _engine_errors(self) -> tuple[type[BaseException], ...]:
         errors = engine_errors()
         if any(p.engine == "openvino" for p in self.parts):
-            errors = (*errors, RuntimeError)
+            from edgemm.runtime.backends.openvino import OpenVinoError
+
+            errors = (*errors, OpenVinoError)
         return errors
 
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
