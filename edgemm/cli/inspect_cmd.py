@@ -51,10 +51,13 @@ def _split_line(requirements: dict[str, Any]) -> str:
     cache = requirements.get("cache") or {}
     line = (f"{cache.get('branch', '?')} part cached ({cache.get('entries', '?')} answers, padding "
             f"{cache.get('padding', '?')}), rest part on the batch")
-    whole, fraction = parts.get("whole"), (requirements.get("whole") or {}).get("min_new_fraction")
+    record = requirements.get("whole") or {}
+    whole, fraction = parts.get("whole"), record.get("min_new_fraction")
     if whole and isinstance(fraction, (int, float)):
+        owner = record.get("artifact", requirements.get("source_artifact", "source"))
+        engine = "OpenVINO" if whole.get("engine") == "openvino" else "ONNX Runtime"
         line += (f"; batches with ≥ {100 * fraction:.0f} % new answers run the whole graph "
-                 f"({whole.get('path')}, the {requirements.get('source_artifact', 'source')} artifact's file)")
+                 f"({whole.get('path')}, the {owner} artifact's file, on {engine})")
     return line
 
 

@@ -11,10 +11,13 @@ against FP32 are both computed through ``SplitBackend``. A model without a separ
 branch (one modality, or one transformer over text and image like ViLT) records why the split
 does not apply and the export goes on.
 
-A third part, *whole*, is the source artifact's own graph file: a batch with many new rows is
-faster through it than row by row. The share of new rows from which it pays is measured here on
-the held-out feeds (the parts' per-row and rest cost against the whole graph's) and recorded as
-``requirements.whole.min_new_fraction``; where it never pays, no whole part is recorded.
+A third part, *whole*, is another shipped artifact's own graph file: a batch with many new rows
+is faster through it than row by row. Its candidates are the source artifact and the bundle's
+OpenVINO IRs that need no particular CPU flags (each passed its own gate); the fastest on the
+largest held-out feed is recorded (``requirements.whole.artifact``). The share of new rows from
+which it pays is measured here on that feed (the parts' per-row and rest cost against the whole
+graph's) and recorded as ``requirements.whole.min_new_fraction``; where it never pays, no whole
+part is recorded.
 
 Both parts keep the source artifact's nodes, precision and engine (ONNX Runtime). Measured on
 the reference model (2-core EPYC, batch 1): the rest part took 0.11 ms on ONNX Runtime in INT8
@@ -362,6 +365,8 @@ class SplitRequest:
         metric / budget_points: The gate's metric and budget.
         edge_feeds: Edge inputs that must give finite outputs.
         single_modality: The model's only modality, or None.
+        whole_candidates: Other shipped artifacts that may answer batches of many new rows
+            (OpenVINO IRs; the source artifact always is a candidate).
     """
 
     staging: Path
@@ -380,6 +385,7 @@ class SplitRequest:
     budget_points: float = 0.5
     edge_feeds: dict[str, dict[str, np.ndarray]] | None = None
     single_modality: str | None = None
+    whole_candidates: list[Artifact] = dataclasses.field(default_factory=list)
 
 
 def build_split(request: SplitRequest) -> tuple[Artifact | None, dict[str, Any]]:
@@ -467,19 +473,21 @@ _WHOLE_REPEATS = 7
 
 
 def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) -> Artifact:
-    """``artifact`` with ``requirements.whole`` set from a measurement, or without its whole part
-    where the whole graph never beats the parts.
+    """``artifact`` with its fastest whole part and ``requirements.whole`` set from a measurement,
+    or without a whole part where no whole graph ever beats the parts.
 
     On the largest held-out feed (``B`` rows, ``m`` distinct texts): ``r`` = seconds per new row
     through the parts (cache off minus all cached, over ``m``), ``R`` = the rest with every row
-    cached, ``W`` = the whole graph. The whole graph pays from ``(W - R) / r`` new rows; recorded
-    as a share of ``B`` (at least two rows: one new row alone is always the parts' case).
+    cached, ``W`` = the fastest candidate whole graph. The whole graph pays from ``(W - R) / r``
+    new rows; recorded as a share of ``B`` (at least two rows: one new row alone is always the
+    parts' case).
     """
     feed = max(request.feeds, key=_rows)
     rows = _rows(feed)
     # Room for every row of the feed, whatever the recipe's cache size: "all cached" must be.
-    backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs,
-                           cache_entries=max(request.entries, rows))
+    entries = max(request.entries, rows)
+    backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs, cache_entries=entries,
+                           compile_cache=False)
     backend.activate()
     try:
         backend.set_route("parts")
@@ -489,14 +497,22 @@ def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[s
         backend.set_caching(True)
         backend.run(feed)
         cached = _median_seconds(backend, feed)
-        backend.set_route("whole")
-        whole = _median_seconds(backend, feed)
     finally:
         backend.deactivate()
+    wholes = {}
+    for candidate in _whole_candidates(request):
+        option = _with_whole_part(artifact, candidate, request)
+        with SplitBackend(request.staging, option, request.inputs, request.outputs, cache_entries=0,
+                          compile_cache=False) as trial:
+            trial.set_route("whole")
+            wholes[candidate.name] = (_median_seconds(trial, feed), option)
+    fastest = min(wholes, key=lambda name: wholes[name][0])
+    whole, artifact = wholes[fastest]
     per_row = max(new_rows - cached, 1e-9) / max(distinct, 1)
     break_even = max((whole - cached) / per_row, 2.0)
     measured = {"rows": rows, "distinct_rows": distinct, "parts_new_ms": round(new_rows * 1e3, 3),
                 "parts_cached_ms": round(cached * 1e3, 3), "whole_ms": round(whole * 1e3, 3),
+                "whole_candidates_ms": {name: round(t * 1e3, 3) for name, (t, _) in wholes.items()},
                 "break_even_rows": round(break_even, 2)}
     report["whole"] = measured
     requirements = dict(artifact.requirements)
@@ -506,13 +522,45 @@ def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[s
                                       "new rows")
         requirements.pop("whole")
         requirements["parts"] = [p for p in requirements["parts"] if p["name"] != WHOLE_PART]
-        files = [f for f in artifact.files if f != request.source.path]
+        whole_files = set(wholes[fastest][1].files) - set(_parts_files(artifact))
+        files = [f for f in artifact.files if f not in whole_files]
     else:
-        requirements["whole"] = {"min_new_fraction": round(break_even / rows, 4), "measured": measured}
+        requirements["whole"] = {"min_new_fraction": round(break_even / rows, 4), "artifact": fastest,
+                                 "measured": measured}
         files = artifact.files
-    log.info("split %s: whole graph from %.1f new rows of %d (parts %.2f ms new / %.2f ms cached, whole %.2f ms)",
-             request.name, break_even, rows, new_rows * 1e3, cached * 1e3, whole * 1e3)
+    log.info("split %s: whole graph (%s) from %.1f new rows of %d (parts %.2f ms new / %.2f ms cached, "
+             "whole %s ms)", request.name, fastest, break_even, rows, new_rows * 1e3, cached * 1e3,
+             ", ".join(f"{name} {t * 1e3:.2f}" for name, (t, _) in wholes.items()))
     return dataclasses.replace(artifact, requirements=requirements, files=files)
+
+
+def _whole_candidates(request: SplitRequest) -> list[Artifact]:
+    """The source artifact, then each OpenVINO IR of the bundle that any x86 kiosk with OpenVINO
+    can run (no CPU flags required) and this machine can measure."""
+    from edgemm.runtime.backends.kinds import unavailable_reason
+
+    others = [a for a in request.whole_candidates
+              if a.kind == "openvino" and a.name != request.source.name
+              and not a.requirements.get("cpu_flags_any") and unavailable_reason(a, "cpu") is None]
+    return [request.source, *others]
+
+
+def _parts_files(artifact: Artifact) -> list[str]:
+    """The files of the branch and rest parts (written by the split itself)."""
+    return [p["path"] for p in artifact.requirements["parts"] if p["name"] != WHOLE_PART]
+
+
+def _with_whole_part(artifact: Artifact, candidate: Artifact, request: SplitRequest) -> Artifact:
+    """``artifact`` whose whole part is ``candidate``'s graph file (its files listed with the parts')."""
+    engine = "openvino" if candidate.kind == "openvino" else "onnxruntime"
+    # An OpenVINO part runs in BF16 only when recorded as such (PartSpec.precision).
+    precision = "bf16" if candidate.requirements.get("inference_precision") == "bf16" else candidate.precision
+    whole = PartSpec(WHOLE_PART, candidate.path, tuple(s.name for s in request.inputs),
+                     tuple(s.name for s in request.outputs), engine, precision)
+    parts = [p for p in artifact.requirements["parts"] if p["name"] != WHOLE_PART] + [whole.to_dict()]
+    parts_files = _parts_files(artifact)
+    files = [*parts_files, *(f for f in candidate.files if f not in parts_files)]
+    return dataclasses.replace(artifact, files=files, requirements={**artifact.requirements, "parts": parts})
 
 
 def _median_seconds(backend: SplitBackend, feed: dict[str, np.ndarray]) -> float:
@@ -616,7 +664,8 @@ def split_variant(ctx: Any, artifacts: list[Artifact], spec: Any, validation: di
                            fp32_path=ctx.bases["plain"], feeds=ctx.evalset.feeds, labels=ctx.evalset.labels,
                            fp32_outputs=ctx.fp32_outputs, output=ctx.output, metric=ctx.recipe.gate.metric,
                            budget_points=ctx.recipe.gate.budget, edge_feeds=ctx.edge_feeds,
-                           single_modality=ctx.single_modality)
+                           single_modality=ctx.single_modality,
+                           whole_candidates=[a for a in artifacts if a.kind == "openvino"])
     artifact, report = build_split(request)
     validation["split"] = report
     return [artifact] if artifact is not None else []

@@ -474,6 +474,10 @@ def _time_runs(backend: Any, feed: dict[str, np.ndarray], runs: int, out: list[f
     # An artifact with an answer cache is timed both ways: the golden row as a new answer (cache
     # cleared before the run) and the same row again, answered from the cache.
     clear = getattr(backend, "clear_cache", None)
+    # One untimed run first: the first run after another candidate's block pays for that
+    # candidate's still-spinning workers and the caches it evicted, which a kiosk running one
+    # artifact never does (it made every candidate but the first look slower, up to 3x).
+    backend.run(feed)
     for _ in range(runs):
         if callable(clear):
             clear()

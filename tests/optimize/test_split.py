@@ -207,4 +207,76 @@ def test_inspect_says_what_is_cached_and_when_the_whole_graph_answers(split):
     result = CliRunner().invoke(cli, ["inspect", str(root)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert ("text part cached (8 answers, padding trim), rest part on the batch; batches with ≥ 50 % new answers "
-            "run the whole graph (model/fp32.onnx, the fp32 artifact's file)") in result.output
+            "run the whole graph (model/fp32.onnx, the fp32 artifact's file, on ONNX Runtime)") in result.output
+
+
+@pytest.fixture(scope="module")
+def ov_split(work, tiny_ckpt, edgemm_cache, tmp_path_factory):
+    """The OpenVINO test bundle (fp32, ov-int8, ov-fp32, ov-bf16 where the CPU has it) with the FP32
+    graph split and every shipped OpenVINO IR offered as the whole part."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from edgemm.optimize.gate import run_artifact
+    from tests.optimize.test_openvino_variants import export_ov_bundle
+    from tests.splits import ANSWERS, feeds_for
+
+    root = tmp_path_factory.mktemp("ov-split") / "b"
+    shutil.copytree(export_ov_bundle(work, tiny_ckpt), root)
+    manifest = verify_bundle(root)
+    feeds = feeds_for(root, manifest, [ANSWERS[:4], ANSWERS[4:], ANSWERS[:1]])
+    fp32 = run_artifact(root / "model/fp32.onnx", feeds, manifest.primary_output)
+    request = SplitRequest(staging=root, source=manifest.artifact("fp32"), name="fp32-split", entries=8,
+                           inputs=manifest.inputs, outputs=manifest.outputs, modalities=manifest.modality_specs(),
+                           fp32_path=root / "model/fp32.onnx", feeds=feeds, labels=fp32.argmax(-1),
+                           fp32_outputs=fp32, output=manifest.primary_output, budget_points=0.0,
+                           whole_candidates=list(manifest.artifacts))
+    artifact, report = build_split(request)
+    assert artifact is not None, report
+    return root, manifest, request, artifact, report
+
+
+def test_the_whole_part_is_the_fastest_portable_whole_graph(ov_split):
+    _, manifest, _, artifact, report = ov_split
+    timed = report["whole"]["whole_candidates_ms"]
+    # The source and each OpenVINO IR that needs no CPU flags (a BF16 IR would not run on every kiosk).
+    assert set(timed) == {"fp32", "ov-int8", "ov-fp32"}
+    fastest = min(timed, key=timed.get)
+    assert report["whole"]["whole_ms"] == timed[fastest]
+    parts = {p["name"]: p for p in artifact.requirements["parts"]}
+    if "whole" not in artifact.requirements:  # the parts were faster than every whole graph
+        assert "whole" not in parts and set(artifact.files) == {parts["text"]["path"], parts["rest"]["path"]}
+        return
+    assert artifact.requirements["whole"]["artifact"] == fastest
+    owner = manifest.artifact(fastest)
+    assert parts["whole"]["path"] == owner.path
+    assert parts["whole"]["engine"] == ("openvino" if owner.kind == "openvino" else "onnxruntime")
+    assert set(owner.files) <= set(artifact.files)  # an IR's .bin travels with its .xml
+
+
+def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split, monkeypatch):
+    from edgemm.optimize.split import _with_whole_part
+    from edgemm.runtime.backends import split as split_backend
+    from edgemm.runtime.backends.openvino import OpenVinoBackend
+    from edgemm.runtime.backends.split import SplitBackend, unavailable_reason
+    from tests.splits import ANSWERS, feeds_for
+
+    root, manifest, request, artifact, _ = ov_split
+    source = manifest.artifact("ov-fp32")
+    on_ov = _with_whole_part(artifact, source, request)
+    on_ov = dataclasses.replace(on_ov, requirements={**on_ov.requirements, "whole": {"min_new_fraction": 0.5}})
+    feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
+    with OpenVinoBackend.from_artifact(root, source, manifest.inputs, manifest.outputs) as ov:
+        expected = ov.run(feed)["logits"]
+    with SplitBackend(root, on_ov, manifest.inputs, manifest.outputs, cache_entries=8) as backend:
+        got = backend.run(feed)["logits"]
+        assert backend.cache_stats()["whole_batches"] == 1
+        reference = backend.run_reference(feed)["logits"]
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    # A kiosk without OpenVINO still runs the split: every batch through the parts.
+    monkeypatch.setattr(split_backend, "part_unavailable_reason",
+                        lambda part: "OpenVINO is not installed" if part.engine == "openvino" else None)
+    assert unavailable_reason(on_ov) is None
+    with SplitBackend(root, on_ov, manifest.inputs, manifest.outputs, cache_entries=8) as backend:
+        assert backend.whole_unavailable == "OpenVINO is not installed"
+        assert np.array_equal(backend.run(feed)["logits"], reference)
+        assert backend.cache_stats()["whole_batches"] == 0

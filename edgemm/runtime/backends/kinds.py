@@ -84,7 +84,8 @@ def make_backend(root: Path, art: Artifact, inputs: list[TensorSpec], outputs: l
         inputs / outputs: The graph interface (a manifest's ``inputs`` / ``outputs``).
         device / threads / optimization / allow_cpu_fallback / provider_options: For ONNX Runtime
             (see :class:`~edgemm.runtime.backends.onnxruntime.OrtBackend`); threads for every kind.
-        compile_cache: OpenVINO's machine-local compiled-model cache (off while a bundle is written).
+        compile_cache: OpenVINO's machine-local compiled-model cache, for OpenVINO artifacts and split
+            artifacts' OpenVINO parts (off while a bundle is written).
 
     Raises:
         BackendUnavailableError / MissingDependencyError: The kind's backend cannot be used here.
@@ -99,5 +100,5 @@ def make_backend(root: Path, art: Artifact, inputs: list[TensorSpec], outputs: l
                                                     compile_cache=compile_cache)
     if art.kind in _OPTIONAL_BACKENDS:
         cls = getattr(_backend_module(art.kind), _OPTIONAL_BACKENDS[art.kind][1])
-        return cls.from_artifact(root, art, inputs, outputs, threads=threads)
+        return cls.from_artifact(root, art, inputs, outputs, threads=threads, compile_cache=compile_cache)
     raise BackendUnavailableError(f"Artifact {art.name!r} is a {art.kind}, which this runtime cannot run.")

@@ -183,7 +183,7 @@ def infer(request: Any, feed: dict[str, np.ndarray], names: list[str]) -> dict[s
     return {n: np.asarray(by_name[n]) for n in names}
 
 
-def _model_cache(root: Path) -> Path | None:
+def model_cache_dir(root: Path) -> Path | None:
     """The bundle's OpenVINO cache on this machine (outside the read-only, hashed bundle), or
     None where it cannot be created (a read-only home: compile every time)."""
     from edgemm.runtime.trt_compat import bundle_cache_dir
@@ -249,7 +249,7 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailableError(f"OpenVINO artifact {artifact.name!r} cannot run here: {reason}.", hint=hint)
         precision = str(artifact.requirements.get("inference_precision", "f32"))
         return cls(root / artifact.path, input_specs, output_specs, inference_precision=precision,
-                   threads=threads, cache_dir=_model_cache(root) if compile_cache else None)
+                   threads=threads, cache_dir=model_cache_dir(root) if compile_cache else None)
 
     def _activate_impl(self) -> None:
         self._compiled = compile_model(self.model_path, inference_precision=self.inference_precision,
