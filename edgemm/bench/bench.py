@@ -456,11 +456,16 @@ def _snapshot_caches(contenders: list[Any], workload: str, notes: list[str]) -> 
             continue
         c.info.setdefault("cache", {})[workload] = stats
         if workload == "standard":
+            backend = c.predictor.backend
+            whole = (getattr(backend, "artifact", None) and backend.artifact.requirements.get("whole")) or {}
+            graph = f"the {whole['artifact']} artifact's graph" if whole.get("artifact") else "the unsplit graph"
+            if getattr(backend, "whole_unavailable", None):
+                graph += f", which cannot run here ({backend.whole_unavailable}), so none did"
             notes.append(f"{c.name}: answer cache off in the standard workload (it repeats one request per cell, "
                          "which would hit every time): its numbers are the cache's worst case, every answer new "
-                         f"({stats.get('whole_batches', 0)} batches of many new answers went through the unsplit "
-                         "source graph, as in serving); the repeated-answer workload (texts repeat, pictures "
-                         "change) shows the cache at work")
+                         f"({stats.get('whole_batches', 0)} batches of many new answers went through the split's "
+                         f"whole part, {graph}, as in serving); the repeated-answer workload (texts repeat, "
+                         "pictures change) shows the cache at work")
 
 
 def _headline(config: BenchConfig, manifest: Manifest, contenders: list[Any], notes: list[str]) -> dict[str, Any]:

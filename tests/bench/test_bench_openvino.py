@@ -212,3 +212,22 @@ def test_missing_openvino_is_a_note_not_a_crash(tiny_bundle, tiny_ckpt, monkeypa
     doc = report.document
     assert [c["name"] for c in doc["contenders"]] == ["edgemm:fp32"]
     assert "peer openvino not run: pip install 'edgemm[openvino]'" in doc["notes"]
+
+
+def test_the_standard_workloads_note_names_the_graph_that_answered_batches_of_new_answers():
+    from types import SimpleNamespace
+
+    from edgemm.bench.bench import _snapshot_caches
+
+    def contender(whole_unavailable=None):
+        backend = SimpleNamespace(cache_stats=lambda: {"hits": 0, "whole_batches": 3},
+                                  artifact=SimpleNamespace(requirements={"whole": {"artifact": "ov-int8"}}),
+                                  whole_unavailable=whole_unavailable)
+        return SimpleNamespace(name="edgemm:int8-split", info={}, predictor=SimpleNamespace(backend=backend))
+
+    notes: list[str] = []
+    _snapshot_caches([contender()], "standard", notes)
+    assert "3 batches of many new answers went through the split's whole part, the ov-int8 artifact's graph" in notes[0]
+    notes = []
+    _snapshot_caches([contender("OpenVINO is not installed")], "standard", notes)
+    assert "cannot run here (OpenVINO is not installed), so none did" in notes[0]

@@ -203,11 +203,11 @@ def part_unavailable_reason(part: PartSpec) -> str | None:
     """Why this machine cannot run one part (None: it can)."""
     if part.engine != "openvino":
         return None
-    from edgemm.runtime.backends.openvino import has_bf16
+    from edgemm.runtime.backends.openvino import has_bf16, openvino_installed
 
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    # Looked up, not imported: the import would cost a kiosk's cold start for a whole part that
+    # may never load.
+    if not openvino_installed():
         return f"part {part.name!r} runs on OpenVINO, which is not installed: pip install 'edgemm[openvino]'"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"part {part.name!r} was built for OpenVINO on x86 CPUs"
