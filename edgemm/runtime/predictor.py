@@ -203,7 +203,7 @@ def _rank_cpu(root: Path, manifest: Manifest, usable: list[Artifact], threads: i
     def feed() -> dict[str, np.ndarray] | None:
         if manifest.golden is None:
             return None
-        return batch_one(load_golden(root, manifest).feed, dynamic)
+        return batch_one(load_golden(root, manifest).feed, dynamic, manifest.preprocessing.get("text"))
 
     sizes = {entry.path: entry.bytes for entry in manifest.files}
     total = sum(sizes.get(path, 0) for art in measured for path in art.files)

@@ -362,3 +362,28 @@ def test_batch_one_takes_the_first_row_of_dynamic_inputs_only():
     feed = {"x": np.arange(8).reshape(4, 2), "fixed": np.zeros((3, 2))}
     one = ranking.batch_one(feed, {"x"})
     assert one["x"].shape == (1, 2) and one["fixed"].shape == (3, 2)
+
+
+def test_batch_one_is_the_first_text_as_the_preprocessor_makes_it_alone(tiny_bundle):
+    # The golden batch pads a short text to its longest neighbour; a kiosk's request alone has no
+    # padding, and timing the padded row would favour the split (it trims) over every other artifact.
+    from edgemm.bundle.verify import verify_bundle
+    from tests.splits import feeds_for
+
+    manifest = verify_bundle(tiny_bundle)
+    text = manifest.preprocessing["text"]
+    short, long = "seven", "maybe a nine or an eight, not sure at all"
+    batch, alone = feeds_for(tiny_bundle, manifest, [[short, long], [short]])
+    dynamic = {s.name for s in manifest.inputs}
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]
+    one = ranking.batch_one(batch, dynamic, text)
+    for name in ("input_ids", "attention_mask"):
+        assert np.array_equal(one[name], alone[name]), name
+    assert one["pixel_values"].shape[0] == 1
+    # Left padding keeps the last positions; a text config without "longest" padding keeps all.
+    left = ranking.batch_one({"input_ids": np.array([[0, 0, 5, 6], [1, 2, 3, 4]]),
+                              "attention_mask": np.array([[0, 0, 1, 1], [1, 1, 1, 1]])}, {"input_ids", "attention_mask"},
+                             {**text, "padding_side": "left", "min_length": 1})
+    assert left["input_ids"].tolist() == [[5, 6]] and left["attention_mask"].tolist() == [[1, 1]]
+    fixed = ranking.batch_one(batch, dynamic, {**text, "padding": "max_length"})
+    assert fixed["input_ids"].shape[1] == batch["input_ids"].shape[1]
