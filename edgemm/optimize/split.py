@@ -437,7 +437,7 @@ def build_split(request: SplitRequest) -> tuple[Artifact | None, dict[str, Any]]
                         quantization=source.quantization, requirements=requirements)
     report.update({"branch": cut.branch, "boundary": list(cut.boundary), "padding": padding,
                    "nodes": {cut.branch: len(cut.branch_nodes), "rest": len(cut.rest_nodes)}})
-    # The whole part is the source artifact's file: only the parts written here are removed on failure.
+    # The whole part is another artifact's file: only the parts written here are removed on failure.
     try:
         validation = _measure(request, artifact, report)
         if validation["gate"]["passed"]:
