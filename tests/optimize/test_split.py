@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from edgemm.bundle.manifest import ModalitySpec
 from edgemm.bundle.verify import verify_bundle
 from edgemm.cli import cli
-from edgemm.errors import RecipeError
+from edgemm.errors import BundleError, RecipeError
 from edgemm.optimize.split import NotSplittable, SplitRequest, build_split, plan_cut, split_variant
 from edgemm.recipes import load_recipe, parse_recipe
 from tests.splits import split_bundle
@@ -272,6 +272,11 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
         assert backend.cache_stats()["whole_batches"] == 1
         reference = backend.run_reference(feed)["logits"]
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    # The IR's weights are read beside its .xml: a record that does not list them (so their hash
+    # would go unchecked at load) is refused.
+    unlisted = dataclasses.replace(on_ov, files=[f for f in on_ov.files if not f.endswith(".bin")])
+    with pytest.raises(BundleError, match=r"weights 'model/ov-fp32\.bin' are not one of the artifact's files"):
+        SplitBackend(root, unlisted, manifest.inputs, manifest.outputs)
     # A kiosk without OpenVINO still runs the split: every batch through the parts.
     monkeypatch.setattr(split_backend, "part_unavailable_reason",
                         lambda part: "OpenVINO is not installed" if part.engine == "openvino" else None)

@@ -135,6 +135,11 @@ def parse_requirements(artifact: Artifact) -> tuple[list[PartSpec], CachePolicy]
         if part.engine not in ENGINES:
             raise BundleError(f"Split artifact {artifact.name!r}: part {part.name!r} has the unknown engine "
                               f"{part.engine!r}.", hint=f"Known: {', '.join(ENGINES)}. {_REBUILD}")
+        weights = _ir_weights(part)
+        if weights is not None and weights not in artifact.files:
+            # OpenVINO reads the .bin beside the .xml: unlisted, it would load without its hash checked.
+            raise BundleError(f"Split artifact {artifact.name!r}: part {part.name!r} is an OpenVINO IR whose weights "
+                              f"{weights!r} are not one of the artifact's files.", hint=_REBUILD)
         parts.append(part)
     names = [p.name for p in parts]
     if names.count("rest") != 1 or len(set(names)) != len(names) or len(set(names) - {"rest", WHOLE_PART}) != 1:
@@ -158,6 +163,13 @@ def parse_requirements(artifact: Artifact) -> tuple[list[PartSpec], CachePolicy]
                          min_length=int(cache.get("min_length", 1)))
     whole_fraction(artifact)  # checked with the rest of the record
     return parts, policy
+
+
+def _ir_weights(part: PartSpec) -> str | None:
+    """The ``.bin`` an OpenVINO part's ``.xml`` reads (None: not an OpenVINO IR)."""
+    if part.engine != "openvino" or not part.path.endswith(".xml"):
+        return None
+    return part.path[: -len(".xml")] + ".bin"
 
 
 def whole_fraction(artifact: Artifact) -> float | None:
