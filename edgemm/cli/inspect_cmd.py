@@ -58,6 +58,9 @@ def _split_line(requirements: dict[str, Any]) -> str:
         engine = "OpenVINO" if whole.get("engine") == "openvino" else "ONNX Runtime"
         line += (f"; batches with ≥ {100 * fraction:.0f} % new answers run the whole graph "
                  f"({whole.get('path')}, the {owner} artifact's file, on {engine})")
+    if parts.get("joint"):
+        line += (f"; a new answer alone runs the joint graph ({parts['joint'].get('path')}: answer and "
+                 "cached row in one call, bit-exact to the parts)")
     return line
 
 

@@ -19,6 +19,10 @@ which it pays is measured here on that feed (the parts' per-row and rest cost ag
 graph's) and recorded as ``requirements.whole.min_new_fraction``; where it never pays, no whole
 part is recorded.
 
+A fourth part, *joint*, is the source graph that also returns the branch part's outputs: a new
+answer alone is answered and its branch row cached in one call instead of two. It is recorded
+only where its rows and answers equal the parts' bit for bit on every held-out row alone.
+
 Both parts keep the source artifact's nodes, precision and engine (ONNX Runtime). Measured on
 the reference model (2-core EPYC, batch 1): the rest part took 0.11 ms on ONNX Runtime in INT8
 and in FP32 alike, and 0.31 ms on OpenVINO (BF16 or FP32; its per-call overhead dominates a
@@ -42,6 +46,7 @@ from edgemm.errors import RuntimeFailure
 from edgemm.optimize.branches import node_branches
 from edgemm.optimize.gate import judge
 from edgemm.runtime.backends.split import (
+    JOINT_PART,
     SPLIT_KIND,
     WHOLE_PART,
     CachePolicy,
@@ -442,6 +447,8 @@ def build_split(request: SplitRequest) -> tuple[Artifact | None, dict[str, Any]]
         validation = _measure(request, artifact, report)
         if validation["gate"]["passed"]:
             artifact = _with_whole_policy(request, artifact, report)
+            written.append(f"model/{request.name}.joint.onnx")
+            artifact = _with_joint_part(request, artifact, report, model, cut, types, written[-1])
     except (RuntimeFailure, *engine_errors()) as exc:
         # Like a variant ONNX Runtime cannot run: recorded, and the export goes on without it.
         report["outcome"] = f"failed: ONNX Runtime could not run the parts: {str(exc).splitlines()[0][:200]}"
@@ -532,6 +539,52 @@ def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[s
              "whole %s ms)", request.name, fastest, break_even, rows, new_rows * 1e3, cached * 1e3,
              ", ".join(f"{name} {t * 1e3:.2f}" for name, (t, _) in wholes.items()))
     return dataclasses.replace(artifact, requirements=requirements, files=files)
+
+
+# Held-out rows, each alone, on which the joint part must equal the parts bit for bit.
+_JOINT_ROWS = 32
+
+
+def _with_joint_part(request: SplitRequest, artifact: Artifact, report: dict[str, Any], model: Any, cut: Cut,
+                     types: dict[str, tuple[int, list[Any]]], path: str) -> Artifact:
+    """``artifact`` with a joint part (the source graph that also returns the branch part's outputs,
+    written to ``path``) where it equals the parts bit for bit on every held-out row alone; else
+    ``artifact`` as it was, the file removed and the report saying why."""
+    import onnx
+
+    joint = onnx.ModelProto()
+    joint.CopyFrom(model)
+    outputs = [o.name for o in joint.graph.output]
+    for name in (n for n in cut.boundary if n not in outputs):
+        elem, shape = types[name]
+        joint.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, shape))
+    onnx.save(joint, str(request.staging / path))
+    spec = PartSpec(JOINT_PART, path, tuple(i.name for i in model.graph.input), (*outputs, *cut.boundary),
+                    "onnxruntime", artifact.precision)
+    option = dataclasses.replace(artifact, files=[*artifact.files, path], requirements={
+        **artifact.requirements, "parts": [*artifact.requirements["parts"], spec.to_dict()]})
+    rows = [_unpadded_row(f, i, artifact) for f in request.feeds for i in range(_rows(f))][:_JOINT_ROWS]
+    with SplitBackend(request.staging, option, request.inputs, request.outputs, cache_entries=0,
+                      compile_cache=False) as backend:
+        worst = 0.0
+        for row in rows:
+            worst = max(worst, *backend.compare_joint(row).values())
+        backend.set_caching(False)
+        backend.set_route("parts")
+        parts_ms = _median_seconds(backend, rows[0]) * 1e3
+        backend.set_route("auto")
+        joint_ms = _median_seconds(backend, rows[0]) * 1e3
+    measured = {"rows": len(rows), "max_abs_diff": worst, "parts_ms": round(parts_ms, 3),
+                "joint_ms": round(joint_ms, 3)}
+    report["joint"] = measured
+    if worst != 0.0:  # also NaN: a cached row must be the one the branch part computes
+        report["joint"]["outcome"] = "not recorded: its branch rows or answers differ from the parts'"
+        (request.staging / path).unlink(missing_ok=True)
+        log.info("split %s: no joint part (max |diff| %.3g against the parts)", request.name, worst)
+        return artifact
+    log.info("split %s: joint part bit-exact on %d rows alone (%.3f ms, parts %.3f ms)", request.name,
+             len(rows), joint_ms, parts_ms)
+    return option
 
 
 def _whole_candidates(request: SplitRequest) -> list[Artifact]:

@@ -285,3 +285,35 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
         assert backend.whole_unavailable == "OpenVINO is not installed"
         assert np.array_equal(backend.run(feed)["logits"], reference)
         assert backend.cache_stats()["whole_batches"] == 0
+
+
+def test_a_joint_part_is_recorded_only_where_it_equals_the_parts_bit_for_bit(split, tmp_path, monkeypatch):
+    from edgemm.runtime.backends.split import SplitBackend
+
+    root, report = split
+    # The tiny FP32 graph: the joint part differs from the parts by float rounding, so none is kept.
+    joint = report["joint"]
+    assert joint["rows"] > 0 and joint["parts_ms"] > 0 and joint["joint_ms"] > 0
+    assert 0 < joint["max_abs_diff"] < 1e-5 and joint["outcome"].startswith("not recorded")
+    parts = verify_bundle(root).artifact("fp32-split").requirements["parts"]
+    assert "joint" not in {p["name"] for p in parts} and not (root / "model/fp32-split.joint.onnx").exists()
+    # Where every row matched (as on the reference INT8 model), the part and its file are recorded.
+    copy = tmp_path / "b"
+    shutil.copytree(root, copy)
+    manifest = verify_bundle(copy)
+    monkeypatch.setattr(SplitBackend, "compare_joint", lambda self, feed: {"logits": 0.0})
+    from edgemm.optimize.gate import run_artifact
+    from tests.splits import ANSWERS, feeds_for
+
+    feeds = feeds_for(copy, manifest, [ANSWERS[:4], ANSWERS[4:]])
+    fp32 = run_artifact(copy / "model/fp32.onnx", feeds, manifest.primary_output)
+    request = SplitRequest(staging=copy, source=manifest.artifact("fp32"), name="again", entries=4,
+                           inputs=manifest.inputs, outputs=manifest.outputs, modalities=manifest.modality_specs(),
+                           fp32_path=copy / "model/fp32.onnx", feeds=feeds, labels=fp32.argmax(-1),
+                           fp32_outputs=fp32, output=manifest.primary_output, budget_points=0.0)
+    artifact, again = build_split(request)
+    parts = {p["name"]: p for p in artifact.requirements["parts"]}
+    assert parts["joint"]["path"] == "model/again.joint.onnx" and "model/again.joint.onnx" in artifact.files
+    assert parts["joint"]["outputs"] == ["logits", *parts["text"]["outputs"]]
+    assert again["joint"]["max_abs_diff"] == 0.0 and "outcome" not in again["joint"]
+    assert (copy / "model/again.joint.onnx").exists()

@@ -301,3 +301,74 @@ def test_every_onnx_runtime_part_stops_spinning_when_its_run_ends(bundle):
         sessions = [part._session.spinning] if hasattr(part._session, "spinning") else [part._session]
         for session in sessions:
             assert session.get_session_options().get_session_config_entry(key) == value
+
+
+def _with_joint(root, manifest):
+    """fp32-split with a joint part: the FP32 graph that also returns the text part's outputs.
+
+    On the tiny FP32 model the joint part differs from the parts by float rounding (~2e-7), so the
+    export does not record one (tests/optimize/test_split.py); these tests add it to check routing
+    and caching, and compare answers within 1e-6.
+    """
+    import dataclasses
+
+    import onnx
+
+    art = manifest.artifact("fp32-split")
+    parts = {p["name"]: p for p in art.requirements["parts"]}
+    model = onnx.load(str(root / "model/fp32.onnx"))
+    outputs = [o.name for o in model.graph.output]
+    for name in parts["text"]["outputs"]:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    path = "model/fp32-split.joint.onnx"
+    onnx.save(model, str(root / path))
+    joint = {"name": "joint", "path": path, "inputs": [s.name for s in manifest.inputs],
+             "outputs": [*outputs, *parts["text"]["outputs"]], "engine": "onnxruntime", "precision": "fp32"}
+    return dataclasses.replace(art, files=[*art.files, path],
+                               requirements={**art.requirements, "parts": [*art.requirements["parts"], joint]})
+
+
+def test_a_new_answer_alone_runs_the_joint_part_and_fills_the_cache(bundle):
+    root, manifest = bundle
+    art = _with_joint(root, manifest)
+    with SplitBackend(root, art, manifest.inputs, manifest.outputs, cache_entries=16) as backend:
+        assert set(backend._loaded) == {"text", "rest", "joint"}
+        one = feeds_for(root, manifest, [[ANSWERS[2]]])[0]
+        first = backend.run(one)["logits"]
+        stats = backend.cache_stats()
+        assert stats["joint_answers"] == 1 and stats["entries"] == 1 and stats["misses"] == 1
+        reference = backend.run_reference(one)["logits"]
+        np.testing.assert_allclose(first, reference, atol=1e-6, rtol=0)
+        assert max(backend.compare_joint(one).values()) <= 1e-6
+        # Again: answered from the cache through the rest part, not the joint part.
+        again = backend.run(one)["logits"]
+        assert backend.cache_stats()["joint_answers"] == 1 and backend.cache_stats()["hits"] == 1
+        np.testing.assert_allclose(again, reference, atol=1e-6, rtol=0)
+        # A padded row (its batch neighbour was longer) and a batch of two go through the parts.
+        padded = {k: v[:1] for k, v in feeds_for(root, manifest, [[ANSWERS[3], ANSWERS[2]]])[0].items()}
+        assert padded["input_ids"].shape[1] > feeds_for(root, manifest, [[ANSWERS[3]]])[0]["input_ids"].shape[1]
+        backend.run(padded)
+        backend.run(feeds_for(root, manifest, [ANSWERS[6:8]])[0])
+        assert backend.cache_stats()["joint_answers"] == 1
+        with pytest.raises(UsageError, match="one row without padding"):
+            backend.compare_joint(padded)
+        backend.set_route("parts")
+        backend.run(feeds_for(root, manifest, [[ANSWERS[7] + "!"]])[0])
+        assert backend.cache_stats()["joint_answers"] == 1
+
+
+def test_a_joint_part_that_does_not_return_the_text_rows_is_a_bundle_error(bundle):
+    import dataclasses
+
+    root, manifest = bundle
+    art = _with_joint(root, manifest)
+    parts = [{**p, "outputs": ["logits"]} if p["name"] == "joint" else p for p in art.requirements["parts"]]
+    damaged = dataclasses.replace(art, requirements={**art.requirements, "parts": parts})
+    with pytest.raises(BundleError, match="its joint part does not return"):
+        SplitBackend(root, damaged, manifest.inputs, manifest.outputs)
+    two = [*art.requirements["parts"], {**art.requirements["parts"][-1]}]
+    with pytest.raises(BundleError, match="at most one"):
+        SplitBackend(root, dataclasses.replace(art, requirements={**art.requirements, "parts": two}),
+                     manifest.inputs, manifest.outputs)
+    with pytest.raises(UsageError, match="has no 'joint' part"):
+        SplitBackend(root, manifest.artifact("fp32-split"), manifest.inputs, manifest.outputs).compare_joint({})

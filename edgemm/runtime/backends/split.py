@@ -26,6 +26,12 @@ the reference model, 10.1 against 13.9 ms). A kiosk that cannot run it (no ``ope
 installed) runs every batch through the parts. Golden sets and the gate see the parts
 (:meth:`Backend.run_reference`: every row alone, nothing cached).
 
+Why a fourth, *joint* part: a new answer alone (a kiosk's everyday request) through the parts
+pays two sessions; the joint part is the source graph that also returns the branch part's
+outputs, so one call answers and fills the cache (reference model, 2-core EPYC: 0.73 against
+0.90 ms). Recorded only where the export found its branch rows and answers bit-identical to the
+parts' on every held-out row; used only for one new row given without padding to trim.
+
 Torch-free: ONNX Runtime (through :func:`edgemm.runtime.sessions.create_session`) or, for parts
 built for it, OpenVINO.
 """
@@ -51,6 +57,7 @@ log = logging.getLogger("edgemm.runtime")
 
 SPLIT_KIND = "split"
 WHOLE_PART = "whole"
+JOINT_PART = "joint"
 ROUTES = ("auto", "parts", "whole")
 ENGINES = ("onnxruntime", "openvino")
 DEFAULT_CACHE_ENTRIES = 256
@@ -142,12 +149,13 @@ def parse_requirements(artifact: Artifact) -> tuple[list[PartSpec], CachePolicy]
                               f"{weights!r} are not one of the artifact's files.", hint=_REBUILD)
         parts.append(part)
     names = [p.name for p in parts]
-    if names.count("rest") != 1 or len(set(names)) != len(names) or len(set(names) - {"rest", WHOLE_PART}) != 1:
+    optional = {"rest", WHOLE_PART, JOINT_PART}
+    if names.count("rest") != 1 or len(set(names)) != len(names) or len(set(names) - optional) != 1:
         raise BundleError(f"Split artifact {artifact.name!r} needs one branch part, one 'rest' part, at most one "
-                          f"'{WHOLE_PART}' part and unique part names, "
+                          f"'{WHOLE_PART}' and one '{JOINT_PART}' part and unique part names, "
                           f"got {names}.", hint=_REBUILD)
     cache = req.get("cache")
-    if not isinstance(cache, dict) or cache.get("branch") not in names or cache.get("branch") in ("rest", WHOLE_PART):
+    if not isinstance(cache, dict) or cache.get("branch") not in names or cache.get("branch") in optional:
         raise BundleError(f"Split artifact {artifact.name!r}: requirements.cache must name a branch part.",
                           hint=_REBUILD)
     entries = cache.get("entries", DEFAULT_CACHE_ENTRIES)
@@ -289,6 +297,7 @@ class SplitBackend(Backend):
         self.artifact = artifact
         self.parts, policy = parse_requirements(artifact)
         self._whole_spec = next((p for p in self.parts if p.name == WHOLE_PART), None)
+        self._joint_spec = next((p for p in self.parts if p.name == JOINT_PART), None)
         self._compile_cache = compile_cache
         if cache_entries is not None:
             policy = CachePolicy(policy.branch, cache_entries, policy.padding, policy.mask, policy.min_length)
@@ -297,14 +306,14 @@ class SplitBackend(Backend):
         self._branch_spec = next(p for p in self.parts if p.name == policy.branch)
         self._rest_spec = next(p for p in self.parts if p.name == "rest")
         graph_inputs = {s.name for s in input_specs}
-        unknown = [n for n in self._branch_spec.inputs if n not in graph_inputs]
-        if self._whole_spec is not None:
-            unknown += [n for n in self._whole_spec.inputs if n not in graph_inputs]
+        unknown = [n for spec in (self._branch_spec, self._whole_spec, self._joint_spec) if spec is not None
+                   for n in spec.inputs if n not in graph_inputs]
         if unknown:
             raise BundleError(f"Split artifact {artifact.name!r}: its parts read {unknown}, which are "
                               "not graph inputs.", hint=_REBUILD)
-        for spec in (p for p in (self._rest_spec, self._whole_spec) if p is not None):
-            missing = [s.name for s in output_specs if s.name not in spec.outputs]
+        for spec in (p for p in (self._rest_spec, self._whole_spec, self._joint_spec) if p is not None):
+            wanted = [s.name for s in output_specs] + (list(self._branch_spec.outputs) if spec is self._joint_spec else [])
+            missing = [name for name in wanted if name not in spec.outputs]
             if missing:
                 raise BundleError(f"Split artifact {artifact.name!r}: its {spec.name} part does not return {missing}, "
                                   "which the model outputs.", hint=_REBUILD)
@@ -344,8 +353,9 @@ class SplitBackend(Backend):
     # -- cache ---------------------------------------------------------------------------------
 
     def cache_stats(self) -> dict[str, int | str]:
-        """``{"branch", "hits", "misses", "evictions", "whole_batches", "entries", "capacity"}`` since
-        the last clear (``whole_batches``: batches answered by the whole part)."""
+        """``{"branch", "hits", "misses", "evictions", "whole_batches", "joint_answers", "entries",
+        "capacity"}`` since the last clear (``whole_batches``: batches answered by the whole part;
+        ``joint_answers``: new answers alone answered by the joint part)."""
         with self._lock:
             return {"branch": self.policy.branch, **self._stats, "entries": len(self._cache),
                     "capacity": self.policy.entries}
@@ -366,7 +376,7 @@ class SplitBackend(Backend):
 
     @staticmethod
     def _zero_stats() -> dict[str, int]:
-        return {"hits": 0, "misses": 0, "evictions": 0, "whole_batches": 0}
+        return {"hits": 0, "misses": 0, "evictions": 0, "whole_batches": 0, "joint_answers": 0}
 
     def new_rows(self, feed: dict[str, np.ndarray]) -> int:
         """How many distinct branch rows of ``feed`` are not cached (what a run would compute)."""
@@ -390,6 +400,26 @@ class SplitBackend(Backend):
             raise UsageError(f"Split artifact {self.artifact.name!r} has no '{WHOLE_PART}' part.")
         self._route = route
 
+
+    def compare_joint(self, feed: dict[str, np.ndarray]) -> dict[str, float]:
+        """Largest |difference| between the joint part and the parts on a one-row, unpadded
+        ``feed``, per branch output and per model output (the export records a joint part only
+        where every one is 0: a row it caches must be the row the branch part computes).
+
+        Raises:
+            UsageError: The artifact has no joint part, or ``feed`` is not one unpadded row.
+        """
+        if self._joint_spec is None:
+            raise UsageError(f"Split artifact {self.artifact.name!r} has no '{JOINT_PART}' part.")
+        _, length = self._key(feed, 0)
+        if int(feed[self._branch_spec.inputs[0]].shape[0]) != 1 or not self._unpadded(feed, length):
+            raise UsageError("compare_joint takes one row without padding to trim.")
+        row = self._compute_row(feed, 0, length)
+        parts = self._answer(feed, route="parts", caching=False, counted=False)
+        joint = self._loaded[JOINT_PART].run({name: feed[name] for name in self._joint_spec.inputs})
+        diffs = {name: float(np.abs(joint[name][0] - row[j]).max()) for j, name in enumerate(self._branch_spec.outputs)}
+        diffs.update({name: float(np.abs(joint[name] - parts[name]).max()) for name in self._output_names})
+        return diffs
 
     # -- Backend hooks -------------------------------------------------------------------------
 
@@ -459,6 +489,8 @@ class SplitBackend(Backend):
                     if counted:
                         self._stats["hits" if hit is not None else "misses"] += 1
         new = {key: (i, length) for i, (key, length) in enumerate(keys) if values[i] is None}
+        if route == "auto" and rows == 1 and new and self._joint_spec is not None and self._unpadded(feed, keys[0][1]):
+            return self._answer_joint(feed, keys[0][0], caching)
         whole = self._whole_spec
         if whole is not None and self._runs_whole(route, len(new), rows):
             out = self._whole(whole).run({name: feed[name] for name in whole.inputs})
@@ -484,6 +516,20 @@ class SplitBackend(Backend):
             rest_feed[name] = np.stack([v[j] for v in values if v is not None])
         out = self._loaded["rest"].run(rest_feed)
         return {name: out[name] for name in self._output_names}
+
+    def _answer_joint(self, feed: dict[str, np.ndarray], key: bytes, caching: bool) -> dict[str, np.ndarray]:
+        """One new answer alone through the joint part: the model's outputs and the branch row in
+        one call (bit-exact to the parts', verified at export), the row kept for the cache."""
+        out = self._loaded[JOINT_PART].run({name: feed[name] for name in self._joint_spec.inputs})
+        if caching:
+            self._store({key: tuple(np.array(out[name][0]) for name in self._branch_spec.outputs)})
+        with self._lock:
+            self._stats["joint_answers"] += 1
+        return {name: out[name] for name in self._output_names}
+
+    def _unpadded(self, feed: dict[str, np.ndarray], length: int | None) -> bool:
+        """Whether the row is given at the length its branch row is computed at (no padding to trim)."""
+        return length is None or all(feed[name].shape[1] == length for name in self._branch_spec.inputs)
 
     def _runs_whole(self, route: str, new: int, rows: int) -> bool:
         """Whether this batch goes through the whole part: two or more new rows, at least the
