@@ -529,8 +529,7 @@ def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[s
                                       "new rows")
         requirements.pop("whole")
         requirements["parts"] = [p for p in requirements["parts"] if p["name"] != WHOLE_PART]
-        whole_files = set(wholes[fastest][1].files) - set(_parts_files(artifact))
-        files = [f for f in artifact.files if f not in whole_files]
+        files = _parts_files(artifact)
     else:
         requirements["whole"] = {"min_new_fraction": round(break_even / rows, 4), "artifact": fastest,
                                  "measured": measured}

@@ -355,6 +355,10 @@ def test_a_new_answer_alone_runs_the_joint_part_and_fills_the_cache(bundle):
         backend.set_route("parts")
         backend.run(feeds_for(root, manifest, [[ANSWERS[7] + "!"]])[0])
         assert backend.cache_stats()["joint_answers"] == 1
+    # Without the cache (bench's every-answer-new workload) a new answer alone still takes one call.
+    with SplitBackend(root, art, manifest.inputs, manifest.outputs, cache_entries=0) as backend:
+        backend.run(one)
+        assert backend.cache_stats()["joint_answers"] == 1 and backend.cache_stats()["entries"] == 0
 
 
 def test_a_joint_part_that_does_not_return_the_text_rows_is_a_bundle_error(bundle):
