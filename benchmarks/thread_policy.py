@@ -60,18 +60,20 @@ def _ort_session(path: Path, threads: int, entries: dict[str, str] | None) -> An
     for key, value in (entries or {}).items():
         options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda feed: session.run(None, feed)
+    names = {i.name for i in session.get_inputs()}  # a split's text part takes only the text inputs
+    return lambda feed: session.run(None, {k: v for k, v in feed.items() if k in names})
 
 
 def _adaptive_session(path: Path, threads: int) -> Any:
-    """edgemm's default: an AdaptiveSession (spinning while idle, blocking under contention)."""
+    """edgemm's default: an AdaptiveSession (spinning while idle; under contention blocking, or one thread for one row)."""
     os.environ.pop("EDGEMM_SPIN", None)
     from edgemm.runtime.sessions import AdaptiveSession, create_session
 
     session = create_session(path, threads=threads)
     if not isinstance(session, AdaptiveSession):
         raise SystemExit("no adaptive session here (no /proc?)")
-    run = lambda feed: session.run(None, feed)  # noqa: E731
+    names = {i.name for i in session.get_inputs()}
+    run = lambda feed: session.run(None, {k: v for k, v in feed.items() if k in names})  # noqa: E731
     run.session = session  # type: ignore[attr-defined]
     return run
 
@@ -90,18 +92,28 @@ def _ov_request(path: Path, threads: int, pinning: bool) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--artifact", default="int8")
+    parser.add_argument("--artifact", default="int8",
+                        help="model/<ARTIFACT>.onnx (a split's part too: int8-split.joint, int8-split.text)")
     parser.add_argument("--ov-artifact", default="fp32", help="ONNX graph OpenVINO compiles ('' to skip OpenVINO)")
     parser.add_argument("--threads", type=int, default=min(4, len(os.sched_getaffinity(0))))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--runs", type=int, default=25, help="runs per policy, batch and round")
     parser.add_argument("--only", default="", help="comma-separated substrings: keep the policies that contain one")
+    parser.add_argument("--alone", action="store_true",
+                        help="batch 1 = the first golden row as a request alone (its batch padding cut), as a kiosk sends it")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
     golden = np.load(args.bundle / "golden.npz")
     full = {k[5:]: v for k, v in golden.items() if k.startswith("feed.")}
-    feeds = {1: {k: np.ascontiguousarray(v[:1]) for k, v in full.items()},
+    one = {k: np.ascontiguousarray(v[:1]) for k, v in full.items()}
+    if args.alone:
+        from edgemm.bundle.verify import verify_bundle
+        from edgemm.runtime.ranking import batch_one
+
+        manifest = verify_bundle(args.bundle, check_hashes=False)
+        one = batch_one(full, set(full), manifest.preprocessing.get("text"))
+    feeds = {1: one,
              8: {k: np.ascontiguousarray(np.resize(v, (8, *v.shape[1:]))) for k, v in full.items()}}
     runners: dict[str, Any] = {}
     for name, entries in _ort_policies(args.threads).items():
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 run(feed)
 
     samples: dict[tuple[str, int, str], list[float]] = {}
-    served: dict[tuple[str, int, str], list[str]] = {}  # adaptive: which session served each run
+    served: dict[tuple[str, int, str], list[str]] = {}  # adaptive: which kind of session served each run
     for round_ in range(args.rounds):
         modes = ("quiet", "busy") if round_ % 2 == 0 else ("busy", "quiet")
         for mode in modes:
@@ -164,15 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             extra = ""
             if (name, batch, "quiet") in served:
                 for mode in ("quiet", "busy"):
-                    modes = served[(name, batch, mode)]
-                    row[f"{mode}_no_spin_share"] = modes.count("no-spin") / len(modes)
-                extra = f"  no-spin share quiet {row['quiet_no_spin_share']:.2f} busy {row['busy_no_spin_share']:.2f}"
+                    kinds = served[(name, batch, mode)]
+                    row[f"{mode}_served"] = {kind: kinds.count(kind) / len(kinds) for kind in sorted(set(kinds))}
+                extra = "".join(f"  {mode}: " + " ".join(f"{k} {v:.2f}" for k, v in row[f"{mode}_served"].items())
+                                for mode in ("quiet", "busy"))
             rows.append(row)
             print(f"{name:40s} b{batch}: quiet p50 {row['quiet_p50_ms']:7.2f} ms  busy p50 {row['busy_p50_ms']:7.2f} ms"
                   f" (p90 {row['busy_p90_ms']:7.2f})  busy/quiet {row['busy_over_quiet']:.2f}{extra}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"bundle": str(args.bundle), "artifact": args.artifact, "threads": args.threads,
+        doc = {"bundle": str(args.bundle), "artifact": args.artifact, "threads": args.threads, "alone": args.alone,
                "rounds": args.rounds, "runs": args.runs, "machine": platform.processor() or platform.machine(),
                "cores": len(os.sched_getaffinity(0)), "loadavg_at_end": os.getloadavg(), "rows": rows}
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

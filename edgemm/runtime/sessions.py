@@ -65,7 +65,8 @@ def default_threads() -> int:
 # the quiet one, at a price: ~1 ms more at batch 1 on an idle machine (measured interleaved on a
 # 2-core EPYC: benchmarks/results/cpu-amd-epyc-2c/thread-policy.md). Multi-threaded CPU sessions
 # therefore adapt (:class:`AdaptiveSession`): spinning while the machine is otherwise idle,
-# blocking while other processes keep a core busy; these entries are the blocking half.
+# blocking (batches) or single-threaded (one row) while other processes keep a core busy; these
+# entries are the blocking half.
 CPU_SESSION_CONFIG = {
     "session.intra_op.allow_spinning": "0",
     "session.inter_op.allow_spinning": "0",
@@ -184,6 +185,16 @@ def read_cpu_times() -> tuple[float, float] | None:
     return busy / tick, own.user + own.system
 
 
+def _rows(feed: Any) -> int:
+    """The rows of a feed (its first input's leading axis); 2 where that cannot be read (no array,
+    a scalar), so such a run counts as batch work."""
+    try:
+        first = next(iter(feed.values()))
+        return int(first.shape[0]) if getattr(first, "ndim", 0) else 2
+    except (AttributeError, StopIteration, TypeError):
+        return 2
+
+
 @functools.lru_cache(maxsize=1)
 def contention_detector() -> ContentionDetector:
     """The process's one :class:`ContentionDetector`, shared by every adaptive session."""
@@ -191,44 +202,68 @@ def contention_detector() -> ContentionDetector:
 
 
 class AdaptiveSession:
-    """Two CPU sessions of one model: spinning while the machine is idle, blocking under contention.
+    """CPU sessions of one model: spinning while the machine is idle, blocking under contention.
 
-    The spinning session is made at once; the blocking one the first time the detector sees
-    contention (most kiosks never need its memory). Other attributes (``get_inputs``,
-    ``get_providers``, ``io_binding`` …) are the spinning session's.
+    Under contention a run of several rows goes to a session with blocking workers, and a run of
+    one row to a single-threaded one: one row is too little work for two threads to gain what
+    their synchronisation costs once a core is taken. With one core busy (2-core EPYC, reference
+    INT8 model, one row as a kiosk sends it, 8 interleaved rounds; thread-policy.md) one thread
+    answered in 1.52 / 1.51 / 1.06 ms (p90 1.87 / 2.00 / 1.41) against blocking two threads' 1.80 /
+    1.94 / 1.37 (p90 2.33 / 2.45 / 1.83) for the whole graph / a split's joint / text part; spinning
+    two threads had the best p50 (1.34 / 1.41 / 0.93) but a p90 of 5.6 ms, so it is not used there.
+
+    The spinning session is made at once; the others the first time the detector sees contention
+    with their kind of run (most kiosks never need their memory). Other attributes
+    (``get_inputs``, ``get_providers``, ``io_binding`` …) are the spinning session's.
 
     Args:
-        make: ``make(spin)`` builds the session with spinning (True) or blocking (False) workers.
+        make: ``make(kind)`` builds the session: ``"spin"`` (spinning workers), ``"block"``
+            (blocking workers) or ``"one-thread"`` (a single intra-op thread).
         detector: Contention detector (default: :func:`contention_detector`).
     """
+
+    KINDS = ("spin", "block", "one-thread")
 
     def __init__(self, make: Any, detector: ContentionDetector | None = None):
         self._make = make
         self._detector = detector or contention_detector()
-        self.spinning = make(True)
-        self.blocking: Any = None
+        self._sessions: dict[str, Any] = {"spin": make("spin")}
         self.last_mode: str | None = None
         self._lock = threading.Lock()
 
-    def _session(self) -> Any:
-        if not self._detector.check():
-            self.last_mode = "spin"
-            return self.spinning
-        if self.blocking is None:
+    @property
+    def spinning(self) -> Any:
+        return self._sessions["spin"]
+
+    @property
+    def blocking(self) -> Any:
+        """The blocking session, None until contention first needed it."""
+        return self._sessions.get("block")
+
+    @property
+    def single(self) -> Any:
+        """The single-threaded session, None until contention first needed it."""
+        return self._sessions.get("one-thread")
+
+    def _session(self, rows: int) -> Any:
+        kind = "spin" if not self._detector.check() else "one-thread" if rows <= 1 else "block"
+        session = self._sessions.get(kind)
+        if session is None:
             with self._lock:
-                if self.blocking is None:
-                    self.blocking = self._make(False)
-        self.last_mode = "no-spin"
-        return self.blocking
+                session = self._sessions.get(kind)
+                if session is None:
+                    session = self._sessions[kind] = self._make(kind)
+        self.last_mode = kind
+        return session
 
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
-        """``InferenceSession.run`` on the session the current contention calls for."""
-        return self._session().run(output_names, input_feed, run_options)
+        """``InferenceSession.run`` on the session the current contention and the feed's rows call for."""
+        return self._session(_rows(input_feed)).run(output_names, input_feed, run_options)
 
     def __getattr__(self, name: str) -> Any:
-        if "spinning" not in self.__dict__:  # during __init__ or unpickling
+        if "_sessions" not in self.__dict__:  # during __init__ or unpickling
             raise AttributeError(name)
-        return getattr(self.__dict__["spinning"], name)
+        return getattr(self.__dict__["_sessions"]["spin"], name)
 
 
 def openvino_cpu_properties(threads: int | None = None) -> dict[str, str]:
@@ -344,7 +379,8 @@ def create_session(model: str | os.PathLike[str] | bytes, *, device: str = "cpu"
     Returns:
         The session. Which provider it really uses is the caller's to check (``get_providers()``).
         A CPU session with ``threads`` > 1 under ``EDGEMM_SPIN=auto`` (the default) on Linux is an
-        :class:`AdaptiveSession` (spinning while idle, blocking under contention).
+        :class:`AdaptiveSession` (spinning while idle; under contention blocking for batches and
+        one thread for a single row).
 
     Raises:
         BackendUnavailableError: The device's provider is missing.
@@ -353,14 +389,14 @@ def create_session(model: str | os.PathLike[str] | bytes, *, device: str = "cpu"
     source = model if isinstance(model, bytes) else str(Path(model))
     providers = providers_for(device, device_id=device_id, provider_options=provider_options, cuda_graph=cuda_graph)
 
-    def make(spin: bool | None) -> Any:
-        options = session_options(threads=threads, optimization=optimization, free_dims=free_dims, spin=spin,
-                                  stop_spinning=stop_spinning)
+    def make(spin: bool | None, session_threads: int | None = threads) -> Any:
+        options = session_options(threads=session_threads, optimization=optimization, free_dims=free_dims,
+                                  spin=spin, stop_spinning=stop_spinning)
         return onnxruntime().InferenceSession(source, sess_options=options, providers=providers)
 
     # Only multi-threaded CPU sessions spin-wait at all; where /proc cannot be read (not Linux)
     # there is nothing to adapt to and the blocking policy, steady beside a browser, stays.
     if (device == "cpu" and threads is not None and threads > 1 and spin_mode() == "auto"
             and contention_detector().available):
-        return AdaptiveSession(make)
+        return AdaptiveSession(lambda kind: make(kind == "spin", 1 if kind == "one-thread" else threads))
     return make(None)

@@ -98,7 +98,7 @@ def test_second_session_is_made_on_contention_only_and_answers_the_same(tmp_path
     assert session.blocking is None
     fake.advance(0.2, others=1.0)
     busy = session.run(["logits"], {"x": x})[0]
-    assert session.last_mode == "no-spin" and session.blocking is not None
+    assert session.last_mode == "block" and session.blocking is not None
     assert _spin_entry(session.spinning) is None and _spin_entry(session.blocking) == "0"
     np.testing.assert_array_equal(busy, quiet[0])
     np.testing.assert_allclose(busy, x @ expected_w, rtol=1e-5)
@@ -116,8 +116,26 @@ def test_the_backend_adapts(tmp_path: Path, machine):
     with backend:
         assert isinstance(backend._session, AdaptiveSession) and backend.providers == ["CPUExecutionProvider"]
         fake.advance(0.2, others=1.5)
-        backend.run({"x": np.ones((1, 4), np.float32)})
-        assert backend._session.last_mode == "no-spin"
+        backend.run({"x": np.ones((2, 4), np.float32)})
+        assert backend._session.last_mode == "block"
+
+
+def test_one_row_under_contention_runs_single_threaded(tmp_path: Path, machine):
+    fake, _ = machine
+    expected_w = _onnx_model(tmp_path / "m.onnx")
+    session = create_session(tmp_path / "m.onnx", threads=2)
+    one = np.ones((1, 4), np.float32)
+    session.run(["logits"], {"x": one})
+    assert session.last_mode == "spin" and session.single is None  # quiet: one row spins like a batch
+    fake.advance(0.2, others=1.5)
+    np.testing.assert_allclose(session.run(["logits"], {"x": one})[0], one @ expected_w, rtol=1e-5)
+    assert session.last_mode == "one-thread" and session.blocking is None  # only what was needed is made
+    assert session.single.get_session_options().intra_op_num_threads == 1
+    session.run(["logits"], {"x": np.ones((2, 4), np.float32)})
+    assert session.last_mode == "block" and session.blocking.get_session_options().intra_op_num_threads == 2
+    single = session.single
+    session.run(["logits"], {"x": one})
+    assert session.last_mode == "one-thread" and session.single is single  # kept, not remade
 
 
 @pytest.mark.parametrize(("value", "entry"), [("1", None), ("0", "0")])
