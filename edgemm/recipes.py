@@ -35,9 +35,10 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 TARGETS_PACKAGE = "edgemm.targets"
 
 EXPORTERS = ("dynamo", "legacy")
-PRECISIONS = ("fp32-opt", "fp16", "int8-dynamic", "int8-static", "mixed", "ov-fp32", "ov-bf16", "ov-int8")
+PRECISIONS = ("fp32-opt", "fp16", "int8-dynamic", "int8-static", "mixed", "ov-fp32", "ov-bf16", "ov-int8",
+              "ov-int8-bf16")
 # OpenVINO IR variants (edgemm.optimize.openvino): built from the plain graph only.
-OPENVINO_PRECISIONS = ("ov-fp32", "ov-bf16", "ov-int8")
+OPENVINO_PRECISIONS = ("ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16")
 BASES = ("optimized", "plain")
 GATE_METRICS = ("accuracy", "macro_f1")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -245,7 +246,8 @@ class VariantSpec:
     Attributes:
         name: Artifact name (unique, not ``fp32``, which always ships).
         precision: ``fp32-opt``, ``fp16``, ``int8-dynamic``, ``int8-static`` or ``mixed``; OpenVINO IR:
-            ``ov-fp32``, ``ov-bf16`` or ``ov-int8`` (NNCF), always from the plain graph.
+            ``ov-fp32``, ``ov-bf16``, ``ov-int8`` (NNCF) or ``ov-int8-bf16`` (NNCF INT8, the layers
+            left in float run in BF16), always from the plain graph.
         base: ``optimized`` (the fused graph) or ``plain`` (what TensorRT parses).
         per_channel: Per-channel weight scales.
         reduce_range: 7-bit weights (None: follow the CPU, on where it lacks VNNI).

@@ -45,7 +45,7 @@ def test_sections_are_typed_and_frozen():
     assert agx.calibration.method == "entropy" and agx.gate.budget == 0.5
     kiosk = load_recipe("cpu-kiosk")
     assert kiosk.export.exporter == "legacy" and kiosk.optimize.graph
-    assert [v.name for v in kiosk.variants] == ["fp32-opt", "int8", "int8-text", "ov-int8", "ov-bf16"]
+    assert [v.name for v in kiosk.variants] == ["fp32-opt", "int8", "int8-text", "ov-int8", "ov-bf16", "ov-int8-bf16"]
     assert all(v.base == "plain" for v in kiosk.variants[3:])
     assert kiosk.variants[2].modalities["text"] == "int8"
     with pytest.raises(dataclasses.FrozenInstanceError):

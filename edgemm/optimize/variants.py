@@ -49,6 +49,7 @@ FALLBACK = {
     # OpenVINO variants retry inside their builder (NNCF accuracy control); the ONNX artifacts remain.
     ("ov-int8", "plain"): ("fp32",),
     ("ov-bf16", "plain"): ("fp32",),
+    ("ov-int8-bf16", "plain"): ("fp32",),
     ("ov-fp32", "plain"): ("fp32",),
 }
 PROVIDERS = {

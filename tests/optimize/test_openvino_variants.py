@@ -1,4 +1,4 @@
-"""OpenVINO IR variants (ov-fp32 / ov-bf16 / ov-int8): built at export, gated, recorded, hashed, verified."""
+"""OpenVINO IR variants (ov-fp32 / ov-bf16 / ov-int8 / ov-int8-bf16): built at export, gated, recorded, hashed, verified."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ precision = "ov-bf16"
 [[variants]]
 name = "ov-fp32"
 precision = "ov-fp32"
+[[variants]]
+name = "ov-int8-bf16"
+precision = "ov-int8-bf16"
 [gate]
 budget = 60
 [calibration]
@@ -97,18 +100,21 @@ def test_variants_are_gated_through_openvino_and_recorded(ov_bundle):
     expected = {"ov-int8": ("int8", "f32"), "ov-fp32": ("fp32", "f32")}
     if has_bf16():
         expected["ov-bf16"] = ("bf16", "bf16")
+        expected["ov-int8-bf16"] = ("int8", "bf16")
     else:
-        assert "ov-bf16" not in arts
-        assert reports["ov-bf16"]["outcome"].startswith("not applicable: CPU lacks BF16"), reports["ov-bf16"]
+        for name in ("ov-bf16", "ov-int8-bf16"):
+            assert name not in arts
+            assert reports[name]["outcome"].startswith("not applicable: CPU lacks BF16"), reports[name]
     listed = {f.path for f in manifest.files}
     for name, (precision, inference) in expected.items():
         art = arts[name]
+        own = "ov-int8" if name == "ov-int8-bf16" else name  # INT8 in BF16 shares ov-int8's IR
         assert art.kind == "openvino" and art.precision == precision and art.providers == ["OpenVINO:CPU"]
-        assert art.path == f"model/{name}.xml" and art.files == [f"model/{name}.xml", f"model/{name}.bin"]
+        assert art.path == f"model/{own}.xml" and art.files == [f"model/{own}.xml", f"model/{own}.bin"]
         assert set(art.files) <= listed  # hashed like every file
         req = art.requirements
         assert req["engine"] == "openvino" and req["openvino"] and req["inference_precision"] == inference
-        assert req["cpu_flags_any"] == (["avx512_bf16", "amx_bf16"] if precision == "bf16" else [])
+        assert req["cpu_flags_any"] == (["avx512_bf16", "amx_bf16"] if inference == "bf16" else [])
         gate = art.validation["gate"]
         assert gate["passed"] and gate["nonfinite"] == 0 and gate["samples"] == 50
         assert gate["evaluated_on"].startswith("openvino") and f"INFERENCE_PRECISION_HINT={inference}" in gate["evaluated_on"]
@@ -117,6 +123,10 @@ def test_variants_are_gated_through_openvino_and_recorded(ov_bundle):
     quant = arts["ov-int8"].quantization
     assert quant["method"] in ("nncf-ptq", "nncf-accuracy-control") and quant["engine"] == "openvino"
     assert quant["model_type"] == "transformer"  # the model has a text encoder
+    if "ov-int8-bf16" in arts:  # the same quantization, recorded as such, compiled in BF16
+        twin = arts["ov-int8-bf16"].quantization
+        assert twin["ir_of"] == "ov-int8" and {k: v for k, v in twin.items() if k != "ir_of"} == quant
+        assert not (ov_bundle / "model" / "ov-int8-bf16.xml").exists()
     sizes = {f.path: f.bytes for f in manifest.files}
     assert sizes["model/ov-int8.bin"] < 0.5 * sizes["model/ov-fp32.bin"]
 
@@ -212,3 +222,36 @@ def test_triton_default_selection_leaves_openvino_artifacts_out(ov_bundle):
     assert plan.artifacts and all(a.kind == "onnx" for a in plan.artifacts)
     with pytest.raises(UnsupportedArtifactError, match="openvino"):
         plan_repository(ov_bundle, manifest, TritonSection(artifacts=("ov-int8",)))
+
+
+def test_int8_in_bf16_shares_the_shipped_int8_ir_and_a_failed_gate_leaves_it_alone(tmp_path, monkeypatch):
+    """ov-int8-bf16 gates ov-int8's own files (no second quantization, no copy); failing the gate
+    must not delete the files the INT8 artifact still ships."""
+    from edgemm.optimize import openvino as builder
+    from edgemm.optimize.gate import GateResult
+    from edgemm.recipes import VariantSpec
+    from edgemm.runtime.backends import openvino as backend
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for suffix in (".xml", ".bin"):
+        (model / f"ov-int8{suffix}").write_bytes(b"ir")
+    shipped = {"variant": "ov-int8", "shipped": "ov-int8", "quantization": {"method": "nncf-ptq"}}
+    float_twin = {"variant": "ov-bf16", "shipped": "ov-bf16"}
+    gated = []
+
+    def attempt(ctx, spec, target, inference, precision, report, *, label):
+        gated.append((target, inference))
+        return GateResult("accuracy", 0.5, 0.9, 40.0, 0.5, 0.5, 0, 1.0, 0, 8, passed=False)
+
+    monkeypatch.setattr(builder, "_attempt", attempt)
+    monkeypatch.setattr(backend, "has_bf16", lambda: True)
+    ctx = SimpleNamespace(staging=tmp_path, reports=[float_twin, shipped])
+    report = {"variant": "ov-int8-bf16", "attempts": []}
+    ctx.reports.append(report)
+    spec = VariantSpec(name="ov-int8-bf16", precision="ov-int8-bf16", base="plain")
+    assert builder.build_openvino_variant(ctx, spec, report) is None
+    assert gated == [(model / "ov-int8.xml", "bf16")]  # the INT8 twin, not the float one
+    assert report["outcome"].startswith("failed the gate")
+    assert (model / "ov-int8.xml").exists() and (model / "ov-int8.bin").exists()
+    assert not (model / "ov-int8-bf16.xml").exists()

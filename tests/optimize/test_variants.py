@@ -60,7 +60,7 @@ def test_cpu_kiosk_ships_int8_within_budget(cpu_kiosk):
     bundle, doc = cpu_kiosk
     manifest = verify_bundle(bundle)
     names = {a.name: a for a in manifest.artifacts}
-    openvino = {"ov-int8", "ov-bf16"} if has_bf16() else {"ov-int8"}  # BF16 only where the CPU has it
+    openvino = {"ov-int8", "ov-bf16", "ov-int8-bf16"} if has_bf16() else {"ov-int8"}  # BF16 only where the CPU has it
     assert set(names) == {"fp32", "fp32-opt", "int8", "int8-text", "int8-split"} | openvino
     assert all(names[n].kind == "openvino" and names[n].validation["gate"]["passed"] for n in openvino)
     for name in ("fp32-opt", "int8", "int8-text"):

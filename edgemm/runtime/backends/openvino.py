@@ -83,7 +83,8 @@ def unavailable_reason(artifact: Artifact) -> str | None:
         if flags is None:
             return f"the CPU flags cannot be read here, and the artifact needs one of {', '.join(needed)}"
         if not any(f in flags for f in needed):
-            return f"the CPU lacks {' / '.join(needed)} (needed for {artifact.precision.upper()})"
+            what = str(artifact.requirements.get("inference_precision") or artifact.precision).upper()
+            return f"the CPU lacks {' / '.join(needed)} (needed for {what} inference)"
     return None
 
 
