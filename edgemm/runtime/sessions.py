@@ -233,6 +233,7 @@ class AdaptiveSession:
 
     @property
     def spinning(self) -> Any:
+        """The spinning session (made at once; it answers attribute lookups too)."""
         return self._sessions["spin"]
 
     @property
