@@ -208,9 +208,9 @@ class AdaptiveSession:
     one row to a single-threaded one: one row is too little work for two threads to gain what
     their synchronisation costs once a core is taken. With one core busy (2-core EPYC, reference
     INT8 model, one row as a kiosk sends it, 8 interleaved rounds; thread-policy.md) one thread
-    answered in 1.52 / 1.51 / 1.06 ms (p90 1.87 / 2.00 / 1.41) against blocking two threads' 1.80 /
-    1.94 / 1.37 (p90 2.33 / 2.45 / 1.83) for the whole graph / a split's joint / text part; spinning
-    two threads had the best p50 (1.34 / 1.41 / 0.93) but a p90 of 5.6 ms, so it is not used there.
+    answered in 1.25 / 1.66 / 1.36 ms (p90 1.71 / 2.22 / 1.86) against blocking two threads' 1.70 /
+    1.99 / 1.76 (p90 2.15 / 2.88 / 2.81) for the whole graph / a split's joint / text part; spinning
+    two threads were sometimes faster at p50 but had a p90 of 5.5-6 ms, so they are not used there.
 
     The spinning session is made at once; the others the first time the detector sees contention
     with their kind of run (most kiosks never need their memory). Other attributes
@@ -221,8 +221,6 @@ class AdaptiveSession:
             (blocking workers) or ``"one-thread"`` (a single intra-op thread).
         detector: Contention detector (default: :func:`contention_detector`).
     """
-
-    KINDS = ("spin", "block", "one-thread")
 
     def __init__(self, make: Any, detector: ContentionDetector | None = None):
         self._make = make
