@@ -39,6 +39,7 @@ from edgemm.bundle.manifest import Artifact
 from edgemm.errors import MissingDependencyError, RuntimeFailure
 from edgemm.optimize.gate import GateResult, judge
 from edgemm.recipes import VariantSpec
+from edgemm.runtime.sessions import feed_rows
 
 log = logging.getLogger("edgemm.optimize")
 
@@ -203,7 +204,7 @@ def _quantize(ctx: Any, model: Any, *, accuracy_control: bool) -> tuple[Any, dic
         with _quiet_nncf():
             return nncf.quantize(model, calibration, **common), {"method": "nncf-ptq", **info}
     metric, budget = ctx.recipe.gate.metric, ctx.recipe.gate.budget
-    offsets = np.cumsum([0] + [_rows(f) for f in ctx.evalset.feeds])
+    offsets = np.cumsum([0] + [feed_rows(f) for f in ctx.evalset.feeds])
     labels = ctx.evalset.labels
 
     def validate(compiled: Any, items: Any) -> tuple[float, None]:
@@ -242,10 +243,6 @@ def _quiet_nncf() -> Iterator[None]:
             yield
         finally:
             nncf_log.handlers, nncf_log.propagate = handlers, propagate
-
-
-def _rows(feed: dict[str, np.ndarray]) -> int:
-    return int(next(iter(feed.values())).shape[0])
 
 
 def _attempt(ctx: Any, spec: VariantSpec, target: Path, inference: str, precision: str, report: dict[str, Any],

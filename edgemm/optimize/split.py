@@ -53,7 +53,7 @@ from edgemm.runtime.backends.split import (
     PartSpec,
     SplitBackend,
 )
-from edgemm.runtime.sessions import engine_errors
+from edgemm.runtime.sessions import engine_errors, feed_rows
 
 log = logging.getLogger("edgemm.optimize")
 
@@ -489,8 +489,8 @@ def _with_whole_policy(request: SplitRequest, artifact: Artifact, report: dict[s
     new rows; recorded as a share of ``B`` (at least two rows: one new row alone is always the
     parts' case).
     """
-    feed = max(request.feeds, key=_rows)
-    rows = _rows(feed)
+    feed = max(request.feeds, key=feed_rows)
+    rows = feed_rows(feed)
     # Room for every row of the feed, whatever the recipe's cache size: "all cached" must be.
     entries = max(request.entries, rows)
     backend = SplitBackend(request.staging, artifact, request.inputs, request.outputs, cache_entries=entries,
@@ -562,7 +562,7 @@ def _with_joint_part(request: SplitRequest, artifact: Artifact, report: dict[str
                     "onnxruntime", artifact.precision)
     option = dataclasses.replace(artifact, files=[*artifact.files, path], requirements={
         **artifact.requirements, "parts": [*artifact.requirements["parts"], spec.to_dict()]})
-    rows = [_unpadded_row(f, i, artifact) for f in request.feeds for i in range(_rows(f))][:_JOINT_ROWS]
+    rows = [_unpadded_row(f, i, artifact) for f in request.feeds for i in range(feed_rows(f))][:_JOINT_ROWS]
     with SplitBackend(request.staging, option, request.inputs, request.outputs, cache_entries=0,
                       compile_cache=False) as backend:
         worst = 0.0
@@ -647,7 +647,7 @@ def _measure(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) 
     split_out = np.concatenate([backend.run_reference(f)[request.output] for f in request.feeds]).astype(np.float64)
     source_out = np.concatenate([source.run([request.output], f)[0] for f in request.feeds]).astype(np.float64)
     # Batch 1, unpadded: the split form runs exactly the source's arithmetic (same engine, same nodes).
-    singles = [_unpadded_row(f, i, artifact) for f in request.feeds[:2] for i in range(min(4, _rows(f)))]
+    singles = [_unpadded_row(f, i, artifact) for f in request.feeds[:2] for i in range(min(4, feed_rows(f)))]
     single_diff = max(float(np.abs(backend.run_reference(f)[request.output] - source.run([request.output], f)[0]).max())
                       for f in singles)
     parity = {"against": request.source.name, "max_abs_diff": float(np.abs(split_out - source_out).max()),
@@ -670,10 +670,6 @@ def _measure(request: SplitRequest, artifact: Artifact, report: dict[str, Any]) 
     backend.deactivate()
     return {"parity": parity, "gate": {**gate.to_dict(), "evaluated_on": "edgemm SplitBackend (onnxruntime CPU)"},
             "tolerance": tolerance.to_dict()}
-
-
-def _rows(feed: dict[str, np.ndarray]) -> int:
-    return int(next(iter(feed.values())).shape[0])
 
 
 def _unpadded_row(feed: dict[str, np.ndarray], row: int, artifact: Artifact) -> dict[str, np.ndarray]:

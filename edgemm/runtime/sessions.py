@@ -185,14 +185,17 @@ def read_cpu_times() -> tuple[float, float] | None:
     return busy / tick, own.user + own.system
 
 
-def _rows(feed: Any) -> int:
-    """The rows of a feed (its first input's leading axis); 2 where that cannot be read (no array,
-    a scalar), so such a run counts as batch work."""
-    try:
-        first = next(iter(feed.values()))
-        return int(first.shape[0]) if getattr(first, "ndim", 0) else 2
-    except (AttributeError, StopIteration, TypeError):
-        return 2
+def feed_rows(feed: Any) -> int:
+    """The rows of a feed: its first input's leading axis.
+
+    Raises:
+        ValueError: The feed has no input, or its first input has no axis.
+    """
+    first = next(iter(feed.values()), None)
+    shape = getattr(first, "shape", ())
+    if not shape:
+        raise ValueError("the feed's first input has no leading axis")
+    return int(shape[0])
 
 
 @functools.lru_cache(maxsize=1)
@@ -257,7 +260,11 @@ class AdaptiveSession:
 
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
         """``InferenceSession.run`` on the session the current contention and the feed's rows call for."""
-        return self._session(_rows(input_feed)).run(output_names, input_feed, run_options)
+        try:
+            rows = feed_rows(input_feed)
+        except (AttributeError, TypeError, ValueError):
+            rows = 2  # not readable here: ONNX Runtime will say what is wrong; count it as batch work
+        return self._session(rows).run(output_names, input_feed, run_options)
 
     def __getattr__(self, name: str) -> Any:
         if "_sessions" not in self.__dict__:  # during __init__ or unpickling

@@ -173,3 +173,10 @@ def test_a_real_busy_core_is_detected():
     # Only "detected" is asserted: other processes on a shared test machine may add contention,
     # never remove it.
     assert any(seen), detector.other_cores
+
+
+def test_feed_rows_reads_the_first_inputs_leading_axis_and_refuses_what_has_none():
+    assert sessions.feed_rows({"x": np.zeros((3, 4)), "y": np.zeros((5,))}) == 3
+    for feed in ({}, {"x": np.float32(1.0)}, {"x": [1, 2]}):
+        with pytest.raises(ValueError):
+            sessions.feed_rows(feed)
