@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import transformers as tf
 
 from edgemm.models.config import EncoderConfig, FusionConfig, FusionSpec, HeadSpec
@@ -59,8 +60,12 @@ def tiny_audio(arch: str) -> tuple[EncoderConfig, object]:
 
 def build_fusion(folder: Path, tokenizer, *, fusion: str = "concat", image: str = "vit", audio: str | None = None,
                  text: str = "bert", head: str = "classification", audio_optional: bool = True,
-                 labels: list[str] | None = None) -> Path:
-    """Save a tiny FusionModel directory and return it."""
+                 labels: list[str] | None = None, seed: int = 0) -> Path:
+    """Save a tiny FusionModel directory (random weights drawn from ``seed``) and return it.
+
+    Seeded, so that a model's answers never depend on which tests drew from torch's global
+    generator before this one (the global generator is left as it was).
+    """
     image_enc, image_proc = tiny_image(image)
     encoders = {"text": tiny_text(tokenizer, text), "image": image_enc}
     procs = Processors(tokenizer=tokenizer, image_processor=image_proc)
@@ -79,7 +84,9 @@ def build_fusion(folder: Path, tokenizer, *, fusion: str = "concat", image: str 
         optional_modalities=optional,
         text_max_length=40,
     )
-    model = FusionModel(config, procs).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = FusionModel(config, procs).eval()
     return model.save_pretrained(folder)
 
 

@@ -380,12 +380,17 @@ def test_bundle_answers_every_variant_like_the_8bit_opaque_picture(case: Case, p
     answers = predictor.predict(text=["the digit two"] * len(images), image=images)
     expected = answers[0]
     logits = np.asarray(next(iter(expected.outputs.values())))
+    top_two = np.sort(logits)[-2:]
     failures = []
     for variant, answer in zip(variants, answers[1:], strict=True):
         got = np.asarray(next(iter(answer.outputs.values())))
         lossy = variant.lossy or case.tolerance > 0
         atol = 2e-2 if lossy else 1e-5
-        if answer.label != expected.label or not np.allclose(got, logits, atol=atol):
+        # A lossy picture may move each logit by atol; where the reference's top two are closer
+        # than that, which one wins is the codec's noise, and the logits are the whole check.
+        decided = top_two[1] - top_two[0] > 2 * atol
+        wrong_label = decided and answer.label != expected.label
+        if wrong_label or not np.allclose(got, logits, atol=atol):
             failures.append(f"{variant.label}: {answer.label} {got} != {expected.label} {logits}")
     assert not failures, "\n".join(failures)
 
