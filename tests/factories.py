@@ -92,7 +92,9 @@ def build_fusion(folder: Path, tokenizer, *, fusion: str = "concat", image: str 
 
 def tiny_text_dir(folder: Path, tokenizer) -> Path:
     """A tiny pretrained-style BERT directory (random weights + the MiniLM tokenizer)."""
-    model = tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **TINY))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # as build_fusion: the weights must not depend on the tests before
+        model = tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **TINY))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
