@@ -16,7 +16,8 @@ never ``"auto"``, which would switch to httptools when that happens to be instal
   :func:`connection_limits`) and **per-client caps** (``max_client_connections`` open,
   ``max_client_requests`` in flight, per peer address). A new connection over a cap displaces
   the connection of that scope that has waited longest without a complete request (idle or
-  still sending headers: the slowest client loses, not the newest); when every connection of the
+  still sending headers: the slowest client loses, not the newest; it is told why in the cap's
+  error, unless it is an idle kept-alive connection, closed quietly); when every connection of the
   scope is busy with a request, the new one is refused at once, before anything is read: 503
   ``too_many_connections`` or 429 ``too_many_client_connections``. A request over the per-client
   in-flight cap gets 429 ``too_many_client_requests``.
@@ -182,7 +183,10 @@ class ConnectionGuard:
         self.warn(code, f"connection limit reached ({code}): closing the connection that waited longest")
         victim.cut(api_error(code, "The server needed this connection for another client; it had not sent a "
                                    "complete request.", hint="Send the whole request at once.")
-                   if victim.partial else None)  # an idle kept-alive one is closed quietly
+                   # Only an idle kept-alive connection is closed quietly. A new one is answered
+                   # even with no bytes read yet: the loop reads sockets in no fixed order, so its
+                   # request may already wait unread in the socket (seen in a full test run under load).
+                   if victim.partial or not victim.answered else None)
         self.release(victim)
         return True
 
@@ -252,6 +256,7 @@ class DisciplinedH11Protocol(H11Protocol):
         self.conn: _Connection = (_Connection(h11.SERVER) if max_incomplete is None
                                   else _Connection(h11.SERVER, max_incomplete))
         self.peer = "unknown"
+        self.answered = False  # an answer went out on it: when idle, it is a kept-alive connection
         self._app = self.app
         self.app = self._run_app
         self._header_timer: asyncio.TimerHandle | None = None
@@ -297,6 +302,7 @@ class DisciplinedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         """An answer went out: the connection waits for its next request (kept alive)."""
         super().on_response_complete()
+        self.answered = True
         self.guard.requeue(self)
         self._track()
 

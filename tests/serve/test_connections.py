@@ -191,6 +191,20 @@ def test_a_client_over_its_connection_cap_displaces_its_longest_waiting_connecti
             sock.close()
 
 
+def test_a_displaced_new_connection_is_answered_even_before_its_bytes_are_read(strict):
+    # Connected, nothing sent (or sent but not yet read by the loop): a client about to send a
+    # request, which must learn why it was closed; only idle kept-alive connections go quietly.
+    source = "127.0.3.2"
+    fresh = [raw_connection(strict.port, b"", source=source) for _ in range(CLIENT_CONNECTIONS)]
+    try:
+        time.sleep(0.3)  # every one admitted
+        assert strict.get("/v1/health/live", source=source).status == 200
+        assert_one_shape(read_answer(fresh[0]), 429, "too_many_client_connections")
+    finally:
+        for sock in fresh:
+            sock.close()
+
+
 def test_a_client_with_every_connection_in_flight_gets_429_too_many_client_connections(serve_bundle, tmp_path):
     # Per-client caps of 2 connections and 2 requests: two stalled bodies fill both.
     srv = start_server(tmp_path, str(serve_bundle), "--device", "cpu", "--max-client-connections", "2",
