@@ -104,6 +104,10 @@ def open_page(browser, server: Server, *, width: int = 1024, height: int = 768, 
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Subscribe to file choosers now, not in expect_file_chooser: Playwright turns Chromium's interception
+    # on fire-and-forget, so a key pressed right after subscribing can open an uninterceptable chooser
+    # (3 of 25 keyboard picks timed out here, and one in CI; 0 of 50 with this early listener).
+    page.on("filechooser", lambda _chooser: None)
     page.goto(f"http://127.0.0.1:{server.port}/")
     # Locators, not wait_for_function: the page's CSP (no unsafe-eval) blocks string predicates.
     page.locator("#text-section:not([hidden])").wait_for(timeout=20_000)
