@@ -89,12 +89,18 @@ def _ov_request(path: Path, threads: int, pinning: bool) -> Any:
     return lambda feed: request.infer(feed)
 
 
+def _ov_graph(bundle: Path, name: str) -> Path:
+    """``model/<name>.onnx``, or the OpenVINO IR ``model/<name>.xml`` (``ov-int8``) where there is no ONNX file."""
+    onnx_path = bundle / "model" / f"{name}.onnx"
+    return onnx_path if onnx_path.exists() else onnx_path.with_suffix(".xml")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--artifact", default="int8",
                         help="model/<ARTIFACT>.onnx (a split's part too: int8-split.joint, int8-split.text)")
-    parser.add_argument("--ov-artifact", default="fp32", help="ONNX graph OpenVINO compiles ('' to skip OpenVINO)")
+    parser.add_argument("--ov-artifact", default="fp32", help="graph OpenVINO compiles: an ONNX artifact or an IR such as ov-int8 ('' to skip OpenVINO)")
     parser.add_argument("--threads", type=int, default=min(4, len(os.sched_getaffinity(0))))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--runs", type=int, default=25, help="runs per policy, batch and round")
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for pinning in (True, False):
                 runners[f"openvino {args.ov_artifact} t{args.threads} pinning={'on' if pinning else 'off'}"] = \
-                    _ov_request(args.bundle / "model" / f"{args.ov_artifact}.onnx", args.threads, pinning)
+                    _ov_request(_ov_graph(args.bundle, args.ov_artifact), args.threads, pinning)
         except ImportError:
             print("openvino not installed: OpenVINO rows skipped", file=sys.stderr)
     if args.only:
