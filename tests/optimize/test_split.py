@@ -3,6 +3,7 @@ and the models it does not apply to."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import shutil
@@ -271,7 +272,13 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
         got = backend.run(feed)["logits"]
         assert backend.cache_stats()["whole_batches"] == 1
         reference = backend.run_reference(feed)["logits"]
+        # Threads share the compiled whole part, each through its own kept infer request.
+        backend.set_caching(False)  # every row new: every call through the whole part
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: backend.run(feed)["logits"], range(16)))
+        assert backend.cache_stats()["whole_batches"] == 17
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert all(np.array_equal(answer, got) for answer in answers)
     # The IR's weights are read beside its .xml: a record that does not list them (so their hash
     # would go unchecked at load) is refused.
     unlisted = dataclasses.replace(on_ov, files=[f for f in on_ov.files if not f.endswith(".bin")])

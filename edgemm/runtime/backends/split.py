@@ -244,6 +244,7 @@ class _Part:
         self._outputs = list(spec.outputs)
         self._compiled: Any = None
         self._session: Any = None
+        self._local = threading.local()
         if spec.engine == "onnxruntime":
             # The parts run back to back on the same cores: no part's workers may keep spinning.
             self._session = create_session(root / spec.path, threads=threads, stop_spinning=True)
@@ -258,8 +259,12 @@ class _Part:
             return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
         from edgemm.runtime.backends.openvino import infer
 
-        # One infer request per call: compiled models are thread-safe, requests are not.
-        return infer(self._compiled.create_infer_request(), {k: feed[k] for k in self.spec.inputs}, self._outputs)
+        # One infer request per calling thread (compiled models are thread-safe, requests are not),
+        # kept: a fresh request per call re-allocates its buffers (~0.03-0.1 ms at batch 8 / 32).
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return infer(request, {k: feed[k] for k in self.spec.inputs}, self._outputs)
 
 
 class SplitBackend(Backend):
