@@ -358,6 +358,18 @@ def test_near_ties_go_to_the_static_order(monkeypatch: pytest.MonkeyPatch):
     assert order_by_cost(["b", "a", "c"], timings) == ["c", "b", "a"]
 
 
+def test_an_artifact_built_for_this_cpus_features_comes_before_its_twin():
+    """``ov-int8-bf16`` (a candidate only where the CPU has BF16) wins the tie with ``ov-int8``."""
+    def ov(name: str, inference: str, flags: list[str]) -> Artifact:
+        return Artifact(name=name, path="model/ov-int8.xml", kind="openvino", precision="int8",
+                        files=["model/ov-int8.xml", "model/ov-int8.bin"], providers=["OpenVINO:CPU"],
+                        requirements={"engine": "openvino", "inference_precision": inference, "cpu_flags_any": flags})
+
+    plain, bf16 = ov("ov-int8", "f32", []), ov("ov-int8-bf16", "bf16", ["avx512_bf16", "amx_bf16"])
+    ort_int8 = Artifact(name="int8", path="model/int8.onnx", kind="onnx", precision="int8", files=["model/int8.onnx"])
+    assert [a.name for a in ranking.static_order([plain, bf16, ort_int8])] == ["int8", "ov-int8-bf16", "ov-int8"]
+
+
 def test_batch_one_takes_the_first_row_of_dynamic_inputs_only():
     feed = {"x": np.arange(8).reshape(4, 2), "fixed": np.zeros((3, 2))}
     one = ranking.batch_one(feed, {"x"})
