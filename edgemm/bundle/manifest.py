@@ -158,6 +158,12 @@ class Artifact:
         return bool(self.requirements.get("graph_optimized"))
 
     @property
+    def cpu_flags_any(self) -> list[str]:
+        """CPU flags of which the machine must have one to run this artifact (empty: none), e.g.
+        ``["avx512_bf16", "amx_bf16"]`` for BF16 inference; checked to be strings at parse."""
+        return list(self.requirements.get("cpu_flags_any") or [])
+
+    @property
     def gate(self) -> dict[str, Any] | None:
         """The accuracy gate's record for this artifact (None: it was not gated, e.g. FP32)."""
         gate = self.validation.get("gate")
@@ -353,6 +359,10 @@ class Manifest(InterfaceRules):
                 requirements=v.obj(a.get("requirements", {}), "requirements"),
                 validation=v.obj(a.get("validation", {}), "validation"),
             )
+            flags = art.requirements.get("cpu_flags_any")
+            if flags is not None:  # a bare string would read as one flag per character
+                for flag in v.list_(flags, f"artifacts[{i}].requirements.cpu_flags_any"):
+                    v.str_(flag, f"artifacts[{i}].requirements.cpu_flags_any")
             if art.kind == ENGINE_KIND:
                 _check_engine_record(v, art.requirements, f"artifacts[{i}].requirements")
             for p in [art.path, *art.files]:

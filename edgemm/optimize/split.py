@@ -593,7 +593,7 @@ def _whole_candidates(request: SplitRequest) -> list[Artifact]:
 
     others = [a for a in request.whole_candidates
               if a.kind == "openvino" and a.name != request.source.name
-              and not a.requirements.get("cpu_flags_any") and unavailable_reason(a, "cpu") is None]
+              and not a.cpu_flags_any and unavailable_reason(a, "cpu") is None]
     return [request.source, *others]
 
 

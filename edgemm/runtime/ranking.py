@@ -110,7 +110,7 @@ def static_key(art: Artifact) -> tuple[int, int, int, int, int, str]:
     # is a candidate only where the CPU has them, and is what OpenVINO itself runs there: ahead of
     # its twin without them (BERT-base + ViT-B/16 sizes, 2-core EPYC: 2-10 % faster, often within
     # the tie band, where the name alone used to give the race to ``ov-int8``).
-    hardware = 0 if art.requirements.get("cpu_flags_any") else 1
+    hardware = 0 if art.cpu_flags_any else 1
     # Q/DQ INT8's S8S8 kernels are slow on CPUs without VNNI: dynamic INT8 first.
     qdq = 1 if art.quantization_method == "int8-static-qdq" else 0
     return (precision, kind, hardware, 0 if art.graph_optimized else 1, qdq, art.name)

@@ -155,6 +155,11 @@ def test_missing_file(bundle, no_parsers):
     (lambda d: d.update(artifacts=[]), "no artifacts"),
     (lambda d: d.update(task="mine bitcoin"), "Unknown task"),
     (lambda d: d["inputs"][0].update(dtype="object"), "Unknown dtype"),
+    # One flag per character would ask the CPU for "a", "v", "x" ...: refused, not misread.
+    (lambda d: d["artifacts"][0].setdefault("requirements", {}).update(cpu_flags_any="avx512_bf16"),
+     r"requirements\.cpu_flags_any should be a list"),
+    (lambda d: d["artifacts"][0].setdefault("requirements", {}).update(cpu_flags_any=[1]),
+     r"requirements\.cpu_flags_any should be a string"),
 ])
 def test_malformed_manifest(bundle, mutate, match, no_parsers):
     data = _manifest(bundle)
