@@ -4,7 +4,8 @@ With one of two cores kept busy, a compute-bound run that used both cores well c
 the other one and a share of the busy one. Linux shares a core fairly between runnable threads,
 so more worker threads than cores might take a larger share of the busy core. This times
 ONNX Runtime INT8 with blocking workers at 2 / 3 / 4 threads (spinning 2 threads for reference)
-and OpenVINO INT8 (``ov-int8`` IR, no pinning) at 2 / 3 / 4 threads, batch 8 and 32, quiet and
+and OpenVINO INT8 (``ov-int8`` IR, no pinning, OpenVINO's default precision: BF16 for the layers
+INT8 leaves on a BF16 CPU) at 2 / 3 / 4 threads, batch 8 and 32, quiet and
 with :class:`edgemm.bench.runner.BackgroundLoad`, interleaved in one process.
 
     python benchmarks/oversubscribe.py benchmarks/.work/reference-cpu.bundle --rounds 4
@@ -16,34 +17,13 @@ import argparse
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from thread_policy import _ort_session, _ov_request  # run as a script: benchmarks/ is on sys.path
 
 from edgemm.bench.runner import BackgroundLoad
 
-
-def _ort(path: Path, threads: int, spin: bool) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda feed: session.run(None, feed)
-
-
-def _openvino(path: Path, threads: int) -> Any:
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
-        "ENABLE_CPU_PINNING": "NO"})
-    request = compiled.create_infer_request()
-    return lambda feed: request.infer(feed)
+BLOCKING = {"session.intra_op.allow_spinning": "0"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     golden = np.load(args.bundle / "golden.npz")
     full = {k[5:]: v for k, v in golden.items() if k.startswith("feed.")}
     feeds = {b: {k: np.ascontiguousarray(np.resize(v, (b, *v.shape[1:]))) for k, v in full.items()} for b in (8, 32)}
-    runners = {"ort int8 spin t2": _ort(args.bundle / "model" / "int8.onnx", 2, True)}
-    runners.update({f"ort int8 block t{t}": _ort(args.bundle / "model" / "int8.onnx", t, False) for t in (2, 3, 4)})
-    runners.update({f"openvino ov-int8 t{t}": _openvino(args.bundle / "model" / "ov-int8.xml", t) for t in (2, 3, 4)})
+    int8, ir = args.bundle / "model" / "int8.onnx", args.bundle / "model" / "ov-int8.xml"
+    runners = {"ort int8 spin t2": _ort_session(int8, 2, None)}
+    runners.update({f"ort int8 block t{t}": _ort_session(int8, t, BLOCKING) for t in (2, 3, 4)})
+    runners.update({f"openvino ov-int8 t{t}": _ov_request(ir, t, pinning=False, precision=None) for t in (2, 3, 4)})
     for run in runners.values():
         for feed in feeds.values():
             for _ in range(3):

@@ -32,7 +32,7 @@ INPUTS = ["input_ids", "attention_mask", "pixel_values"]
 
 def packed_forward(self: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
     """``TextEncoder.forward`` (mean pooling) with every per-token layer run on the real tokens only."""
-    from edgemm.models.encoders import EncoderOutput
+    from edgemm.models.encoders import EncoderOutput, masked_mean
 
     bert = self.model
     batch, seq = input_ids.shape
@@ -56,9 +56,8 @@ def packed_forward(self: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
         a = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
         x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(a)) + a)
     states = torch.cat([x, x.new_zeros(1, hidden)], 0).index_select(0, back).reshape(batch, seq, hidden)
-    weights = attention_mask.to(states.dtype).unsqueeze(-1)
-    pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return EncoderOutput(states, attention_mask.bool(), pooled)
+    mask = attention_mask.bool()
+    return EncoderOutput(states, mask, masked_mean(states, mask))
 
 
 class _Logits(torch.nn.Module):

@@ -78,13 +78,16 @@ def _adaptive_session(path: Path, threads: int) -> Any:
     return run
 
 
-def _ov_request(path: Path, threads: int, pinning: bool) -> Any:
+def _ov_request(path: Path, threads: int, pinning: bool, precision: str | None = "f32") -> Any:
+    """An OpenVINO CPU infer request as a callable; ``precision`` None: OpenVINO's default (BF16 on a BF16 CPU)."""
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
-        "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "YES" if pinning else "NO"})
+    properties = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+                  "ENABLE_CPU_PINNING": "YES" if pinning else "NO"}
+    if precision is not None:
+        properties["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", properties)
     request = compiled.create_infer_request()
     return lambda feed: request.infer(feed)
 
