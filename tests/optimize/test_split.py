@@ -265,18 +265,22 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
     source = manifest.artifact("ov-fp32")
     on_ov = _with_whole_part(artifact, source, request)
     on_ov = dataclasses.replace(on_ov, requirements={**on_ov.requirements, "whole": {"min_new_fraction": 0.5}})
-    feed = feeds_for(root, manifest, [ANSWERS[:4]])[0]
+    feed, other = feeds_for(root, manifest, [ANSWERS[:4], ANSWERS[4:]])
     with OpenVinoBackend.from_artifact(root, source, manifest.inputs, manifest.outputs) as ov:
-        expected = ov.run(feed)["logits"]
+        expected, expected_other = ov.run(feed)["logits"], ov.run(other)["logits"]
     with SplitBackend(root, on_ov, manifest.inputs, manifest.outputs, cache_entries=8) as backend:
         got = backend.run(feed)["logits"]
         assert backend.cache_stats()["whole_batches"] == 1
         reference = backend.run_reference(feed)["logits"]
+        # The kept infer request takes the next batch's other shape and answers it as the artifact does.
+        assert other["input_ids"].shape != feed["input_ids"].shape
+        np.testing.assert_allclose(backend.run(other)["logits"], expected_other, atol=1e-6, rtol=0)
+        assert backend.cache_stats()["whole_batches"] == 2
         # Threads share the compiled whole part, each through its own kept infer request.
         backend.set_caching(False)  # every row new: every call through the whole part
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: backend.run(feed)["logits"], range(16)))
-        assert backend.cache_stats()["whole_batches"] == 17
+        assert backend.cache_stats()["whole_batches"] == 18
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     assert all(np.array_equal(answer, got) for answer in answers)
     # The IR's weights are read beside its .xml: a record that does not list them (so their hash
