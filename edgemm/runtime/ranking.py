@@ -478,6 +478,7 @@ def measure(candidates: list[Artifact], open_backend: OpenBackend, feed: dict[st
         start = time.perf_counter()
         try:
             backend = open_backend(art)
+            _specialize(backend, False)
             backend.run(feed)  # first run: kernels picked, arenas allocated (part of a cold start)
         except (BackendUnavailableError, MissingDependencyError, RuntimeFailure) as exc:
             failed[art.name] = exc.message  # reported by Ranking.reasons()
@@ -495,6 +496,8 @@ def measure(candidates: list[Artifact], open_backend: OpenBackend, feed: dict[st
         if round_ + 1 >= MIN_ROUNDS and time.perf_counter() > deadline:
             break
     timings = {name: _timing(name, loads[name], samples[name], hits[name]) for name in names}
+    for backend in live.values():
+        _specialize(backend, True)
     return timings, live, failed
 
 
@@ -534,6 +537,7 @@ def _measure_one_by_one(candidates: list[Artifact], open_backend: OpenBackend, f
         start = time.perf_counter()
         try:
             backend = open_backend(art)
+            _specialize(backend, False)
             backend.run(feed)
         except (BackendUnavailableError, MissingDependencyError, RuntimeFailure) as exc:
             failed[art.name] = exc.message
@@ -553,7 +557,17 @@ def _measure_one_by_one(candidates: list[Artifact], open_backend: OpenBackend, f
             best = (art.name, backend)
         else:
             backend.deactivate()
+    if best is not None:
+        _specialize(best[1], True)
     return timings, ({best[0]: best[1]} if best is not None else {}), failed
+
+
+def _specialize(backend: Any, enabled: bool) -> None:
+    """Static-shape compiles off while timing (every candidate is timed on its dynamic graph, as a
+    shape's first calls run, and no background compile competes with the timing), on for the kept one."""
+    switch = getattr(backend, "set_shape_specialization", None)
+    if callable(switch):
+        switch(enabled)
 
 
 def rank(root: Path, candidates: list[Artifact], open_backend: OpenBackend, feed: Callable[[], dict[str, np.ndarray] | None],

@@ -262,6 +262,9 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
     from tests.splits import ANSWERS, feeds_for
 
     root, manifest, request, artifact, _ = ov_split
+    # The kept requests' answers are compared bit for bit: the dynamic model only (static-shape
+    # compiles are tested in test_the_whole_part_compiles_for_a_batch_shape_it_keeps_seeing).
+    monkeypatch.setenv("EDGEMM_OPENVINO_SHAPES", "0")
     source = manifest.artifact("ov-fp32")
     on_ov = _with_whole_part(artifact, source, request)
     on_ov = dataclasses.replace(on_ov, requirements={**on_ov.requirements, "whole": {"min_new_fraction": 0.5}})
@@ -296,6 +299,39 @@ def test_an_openvino_whole_part_answers_as_its_artifact_and_is_optional(ov_split
         assert backend.whole_unavailable == "OpenVINO is not installed"
         assert np.array_equal(backend.run(feed)["logits"], reference)
         assert backend.cache_stats()["whole_batches"] == 0
+
+
+def test_the_whole_part_compiles_for_a_batch_shape_it_keeps_seeing(ov_split):
+    from edgemm.optimize.split import _with_whole_part
+    from edgemm.runtime.backends.openvino import OpenVinoBackend
+    from edgemm.runtime.backends.ov_shapes import DEFAULT_AFTER
+    from edgemm.runtime.backends.split import SplitBackend
+    from tests.splits import ANSWERS, feeds_for
+
+    root, manifest, request, artifact, _ = ov_split
+    source = manifest.artifact("ov-fp32")
+    on_ov = _with_whole_part(artifact, source, request)
+    on_ov = dataclasses.replace(on_ov, requirements={**on_ov.requirements, "whole": {"min_new_fraction": 0.5}})
+    (feed,) = feeds_for(root, manifest, [ANSWERS[:4]])
+    with OpenVinoBackend.from_artifact(root, source, manifest.inputs, manifest.outputs) as ov:
+        expected = ov.run_reference(feed)["logits"]
+    with SplitBackend(root, on_ov, manifest.inputs, manifest.outputs, cache_entries=8) as backend:
+        assert backend.shape_stats() is None  # the whole part loads with the first batch
+        backend.set_caching(False)  # every row new: every call through the whole part
+        for _ in range(DEFAULT_AFTER):
+            np.testing.assert_allclose(backend.run(feed)["logits"], expected, atol=1e-6, rtol=0)
+        assert backend.wait_for_compiles()
+        backend.run(feed)  # the check against the dynamic model
+        stats = backend.shape_stats()
+        assert stats["adopted"] == 1 and stats["refused"] == 0
+        np.testing.assert_allclose(backend.run(feed)["logits"], expected, atol=1e-4, rtol=0)
+        assert backend.shape_stats()["static_runs"] == stats["static_runs"] + 1
+        # Off (as the ranking times it): the dynamic whole part, bit for bit the artifact.
+        backend.set_shape_specialization(False)
+        np.testing.assert_array_equal(backend.run(feed)["logits"], expected)
+        assert backend.shape_stats()["static_runs"] == stats["static_runs"] + 1
+        assert backend.cache_stats()["whole_batches"] == DEFAULT_AFTER + 3
+    assert backend.shape_stats() is None  # closed with the backend
 
 
 def test_a_joint_part_is_recorded_only_where_it_equals_the_parts_bit_for_bit(split, tmp_path, monkeypatch):

@@ -189,18 +189,86 @@ class ThreadRequests:
 
     A compiled model is thread-safe, an infer request is not; a fresh request per call would
     re-allocate its buffers every time (0.03-0.1 ms at batch 8 / 32 on the reference model).
+
+    Args:
+        compiled: The (dynamic-shape) compiled model.
+        specializer: Static-shape compiles for the shapes seen often
+            (:class:`~edgemm.runtime.backends.ov_shapes.ShapeSpecializer`); None: the compiled
+            model answers everything.
     """
 
-    def __init__(self, compiled: Any):
+    def __init__(self, compiled: Any, specializer: Any = None):
         self.compiled = compiled
+        self.specializer = specializer
         self._local = threading.local()
 
-    def infer(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        """:func:`infer` on this thread's request."""
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return infer(request, feed, names)
+    def infer(self, feed: dict[str, np.ndarray], names: list[str], *, specialize: bool = True) -> dict[str, np.ndarray]:
+        """:func:`infer` on this thread's request; through a static-shape compile where one is
+        adopted for the feed's shapes (``specialize`` False: always the dynamic model, as the
+        accuracy gate measured it)."""
+        if self.specializer is None or not specialize:
+            return infer(self._request(None, self.compiled), feed, names)
+        from edgemm.runtime.backends.ov_shapes import signature
+
+        sig = signature(feed)
+        state, compiled = self.specializer.lookup(sig)
+        if state == "static":
+            return infer(self._request(sig, compiled), feed, names)
+        dynamic = infer(self._request(None, self.compiled), feed, names)
+        if state == "check":
+            try:
+                static = infer(self._request(sig, compiled), feed, names)
+            except OpenVinoError as exc:
+                log.debug("static-shape compile failed to run: %s", exc)
+                static = None
+            self.specializer.settle(sig, compiled, static, dynamic)
+        return dynamic
+
+    def _request(self, sig: Any, compiled: Any) -> Any:
+        """This thread's request on ``compiled`` (``sig`` None: the dynamic model)."""
+        if sig is None:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            return request
+        held = getattr(self._local, "static", None)
+        if held is None:
+            held = self._local.static = {}
+        entry = held.get(sig)
+        if entry is None or entry[0] is not compiled:
+            # Forget requests on compiles the specializer dropped: they hold its memory.
+            for old in [s for s in held if not self.specializer.held(s)]:
+                del held[old]
+            entry = held[sig] = (compiled, compiled.create_infer_request())
+        return entry[1]
+
+    def shape_stats(self) -> dict[str, int] | None:
+        """The static-shape compiles' counters (:meth:`ShapeSpecializer.stats`), or None without them."""
+        return self.specializer.stats() if self.specializer is not None else None
+
+    def wait_for_compiles(self) -> bool:
+        """Wait for a static-shape compile in flight (:meth:`ShapeSpecializer.wait`; False: none)."""
+        return self.specializer.wait() if self.specializer is not None else False
+
+    def close(self) -> None:
+        """Drop the static-shape compiles (the dynamic model goes with this object)."""
+        if self.specializer is not None:
+            self.specializer.close()
+
+
+def kept_requests(xml: Path, *, inference_precision: str, threads: int | None, cache_dir: Path | None,
+                  precision: str, specialize_shapes: bool) -> ThreadRequests:
+    """The IR ``xml`` compiled (:func:`compile_model`) with per-thread requests and, where
+    ``specialize_shapes`` and :func:`~edgemm.runtime.backends.ov_shapes.specializer_for` allow,
+    static-shape compiles for the shapes seen often (same properties, no disk cache: a blob per
+    shape would pile up beside the bundle)."""
+    from edgemm.runtime.backends.ov_shapes import specializer_for
+
+    compiled = compile_model(xml, inference_precision=inference_precision, threads=threads, cache_dir=cache_dir)
+    specializer = None
+    if specialize_shapes:
+        specializer = specializer_for(Path(xml), ov_properties(inference_precision, threads), precision)
+    return ThreadRequests(compiled, specializer)
 
 
 def model_cache_dir(root: Path) -> Path | None:
@@ -227,18 +295,26 @@ class OpenVinoBackend(Backend):
         threads: Inference threads (default :func:`edgemm.runtime.sessions.default_threads`).
         cache_dir: OpenVINO's compiled-model cache on this machine (None: compile every time);
             :meth:`from_artifact` uses the bundle's machine-local cache directory.
+        precision: What the artifact's weights are (``"int8"``, ``"fp32"``, ``"bf16"``): how far
+            a static-shape compile may drift from the dynamic model (``Tolerance.for_precision``).
+        specialize_shapes: Compile for the input shapes seen often, in the background
+            (:mod:`edgemm.runtime.backends.ov_shapes`; ``EDGEMM_OPENVINO_SHAPES=0`` turns it off).
     """
 
     name = "openvino"
 
     def __init__(self, model_path: str | Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec], *,
-                 inference_precision: str = "f32", threads: int | None = None, cache_dir: Path | None = None):
+                 inference_precision: str = "f32", threads: int | None = None, cache_dir: Path | None = None,
+                 precision: str = "fp32", specialize_shapes: bool = True):
         super().__init__(input_specs, output_specs)
         ov_properties(inference_precision, threads)  # refuse bad settings before anything loads
         self.model_path = Path(model_path)
         self.inference_precision = inference_precision
         self.threads = threads or default_threads()
         self.cache_dir = cache_dir
+        self.precision = precision
+        self.specialize_shapes = specialize_shapes
+        self._specializing = True
         self.degraded: str | None = None
         self._requests: ThreadRequests | None = None
         self._output_names = [spec.name for spec in output_specs]
@@ -268,14 +344,26 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailableError(f"OpenVINO artifact {artifact.name!r} cannot run here: {reason}.", hint=hint)
         precision = str(artifact.requirements.get("inference_precision", "f32"))
         return cls(root / artifact.path, input_specs, output_specs, inference_precision=precision,
-                   threads=threads, cache_dir=model_cache_dir(root) if compile_cache else None)
+                   threads=threads, cache_dir=model_cache_dir(root) if compile_cache else None,
+                   precision=artifact.precision)
 
     def _activate_impl(self) -> None:
-        self._requests = ThreadRequests(compile_model(self.model_path, inference_precision=self.inference_precision,
-                                                      threads=self.threads, cache_dir=self.cache_dir))
+        self._requests = kept_requests(self.model_path, inference_precision=self.inference_precision,
+                                       threads=self.threads, cache_dir=self.cache_dir, precision=self.precision,
+                                       specialize_shapes=self.specialize_shapes)
 
     def _deactivate_impl(self) -> None:
+        if self._requests is not None:
+            self._requests.close()
         self._requests = None
+
+    def wait_for_compiles(self) -> bool:
+        """Wait for a static-shape compile in flight (True: there was one)."""
+        return self._requests.wait_for_compiles() if self._requests is not None else False
+
+    def shape_stats(self) -> dict[str, int] | None:
+        """The static-shape compiles' counters, or None without them."""
+        return self._requests.shape_stats() if self._requests is not None else None
 
     def _device_impl(self) -> str:
         return "cpu"
@@ -283,8 +371,17 @@ class OpenVinoBackend(Backend):
     def _engine_errors(self) -> tuple[type[BaseException], ...]:
         return (OpenVinoError,)
 
+    def set_shape_specialization(self, enabled: bool) -> None:
+        """Use (and make) static-shape compiles, or run only the dynamic model (the ranking times
+        that: what a shape's first calls get)."""
+        self._specializing = bool(enabled)
+
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._requests.infer(feed, self._output_names)
+        return self._requests.infer(feed, self._output_names, specialize=self._specializing)
+
+    def _run_reference_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Golden sets and the gate measured the dynamic model: never a static-shape compile here.
+        return self._requests.infer(feed, self._output_names, specialize=False)
 
     @property
     def properties(self) -> dict[str, str]:

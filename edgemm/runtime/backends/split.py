@@ -242,22 +242,30 @@ class _Part:
     def __init__(self, spec: PartSpec, root: Path, threads: int, cache_dir: Path | None = None):
         self.spec = spec
         self._outputs = list(spec.outputs)
-        self._requests: Any = None
+        self.requests: Any = None
         self._session: Any = None
         if spec.engine == "onnxruntime":
             # The parts run back to back on the same cores: no part's workers may keep spinning.
             self._session = create_session(root / spec.path, threads=threads, stop_spinning=True)
         else:
-            from edgemm.runtime.backends.openvino import ThreadRequests, compile_model
+            from edgemm.runtime.backends.openvino import kept_requests
 
-            self._requests = ThreadRequests(compile_model(
-                root / spec.path, threads=threads, cache_dir=cache_dir,
-                inference_precision="bf16" if spec.precision == "bf16" else "f32"))
+            # Static-shape compiles only for the whole part: it answers batches and feeds no
+            # cache, so a static compile (checked against the dynamic one within the precision's
+            # tolerance) cannot make a cached row differ from the same row computed fresh.
+            self.requests = kept_requests(
+                root / spec.path, threads=threads, cache_dir=cache_dir, precision=spec.precision,
+                inference_precision="bf16" if spec.precision == "bf16" else "f32",
+                specialize_shapes=spec.name == WHOLE_PART)
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feed: dict[str, np.ndarray], *, specialize: bool = True) -> dict[str, np.ndarray]:
         if self._session is not None:
             return dict(zip(self._outputs, self._session.run(self._outputs, feed)))
-        return self._requests.infer({k: feed[k] for k in self.spec.inputs}, self._outputs)
+        return self.requests.infer({k: feed[k] for k in self.spec.inputs}, self._outputs, specialize=specialize)
+
+    def close(self) -> None:
+        if self.requests is not None:
+            self.requests.close()
 
 
 class SplitBackend(Backend):
@@ -332,6 +340,7 @@ class SplitBackend(Backend):
             log.warning("split %s: every batch runs the parts: %s", artifact.name, self.whole_unavailable)
             self._whole_spec, self._whole_fraction = None, None
         self._route = "auto"
+        self._specializing = True
 
     @classmethod
     def from_artifact(cls, root: str | Path, artifact: Artifact, input_specs: list[TensorSpec],
@@ -450,7 +459,23 @@ class SplitBackend(Backend):
         return part
 
     def _deactivate_impl(self) -> None:
+        for part in self._loaded.values():
+            part.close()
         self._loaded = {}
+
+    def set_shape_specialization(self, enabled: bool) -> None:
+        """Let the whole part use (and make) static-shape compiles, or run only its dynamic model."""
+        self._specializing = bool(enabled)
+
+    def shape_stats(self) -> dict[str, int] | None:
+        """The whole part's static-shape compile counters (None: not loaded, or none)."""
+        requests = getattr(self._loaded.get(WHOLE_PART), "requests", None)
+        return requests.shape_stats() if requests is not None else None
+
+    def wait_for_compiles(self) -> bool:
+        """Wait for the whole part's static-shape compile in flight, if any (True: there was one)."""
+        requests = getattr(self._loaded.get(WHOLE_PART), "requests", None)
+        return requests.wait_for_compiles() if requests is not None else False
 
     def _device_impl(self) -> str:
         return "cpu"
@@ -491,7 +516,7 @@ class SplitBackend(Backend):
             return self._answer_joint(feed, keys[0][0], caching)
         whole = self._whole_spec
         if whole is not None and self._runs_whole(route, len(new), rows):
-            out = self._whole(whole).run({name: feed[name] for name in whole.inputs})
+            out = self._whole(whole).run({name: feed[name] for name in whole.inputs}, specialize=self._specializing)
             with self._lock:
                 self._stats["whole_batches"] += 1
             # One new row computed alone and kept: answers that keep coming in busy batches still
