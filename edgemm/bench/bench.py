@@ -15,7 +15,7 @@ import numpy as np
 
 from edgemm.bench.accuracy import accuracy_drift, golden_evalset
 from edgemm.bench.coldstart import measure as cold_start
-from edgemm.bench.contenders import EdgemmContender
+from edgemm.bench.contenders import EdgemmContender, shape_stats
 from edgemm.bench.machine import fingerprint, machine_id
 from edgemm.bench.runner import Measurement, TimingOptions, load_core, run_interleaved
 from edgemm.bundle.manifest import Manifest
@@ -27,6 +27,8 @@ from edgemm.errors import (
     MissingDependencyError,
     UsageError,
 )
+from edgemm.runtime.backends.ov_shapes import DEFAULT_AFTER
+from edgemm.runtime.backends.ov_shapes import ENV as SHAPES_ENV
 
 log = logging.getLogger("edgemm.bench")
 
@@ -451,6 +453,17 @@ def _set_caching(contenders: list[Any], enabled: bool) -> None:
 
 def _snapshot_caches(contenders: list[Any], workload: str, notes: list[str]) -> None:
     for c in contenders:
+        shapes = shape_stats(c)
+        if shapes is not None:
+            c.info.setdefault("static_shapes", {})[workload] = shapes
+            if workload == "standard" and shapes["compiled"]:
+                notes.append(
+                    f"{c.name}: OpenVINO compiled {shapes['compiled']} static-shape graph(s) in the background during "
+                    f"warm-up (a shape seen {DEFAULT_AFTER} times, checked against the dynamic graph: "
+                    f"{shapes['adopted']} adopted, {shapes['refused']} refused); every cell repeats one shape, so "
+                    f"{shapes['static_runs']} timed and warm-up calls ran a static graph, as a kiosk's calls do for "
+                    "the shapes it keeps seeing; a shape not seen before runs the dynamic graph "
+                    f"({SHAPES_ENV}=0 times only that)")
         stats = _cache_stats(c)
         if stats is None:
             continue

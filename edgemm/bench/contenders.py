@@ -79,5 +79,17 @@ class EdgemmContender(Contender):
     def logits(self, native: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.predictor.run(native)[self.output], dtype=np.float64)
 
+    def settle(self) -> bool:
+        """Wait for the backend's background work started by the warm-up (OpenVINO static-shape
+        compiles); True if there was some: the caller warms up again, so timing sees steady state."""
+        wait = getattr(self.predictor.backend, "wait_for_compiles", None)
+        return bool(wait()) if callable(wait) else False
+
     def close(self) -> None:
         self.predictor.close()
+
+
+def shape_stats(contender: Any) -> dict[str, int] | None:
+    """An edgemm contender's OpenVINO static-shape compile counters, or None where it has none."""
+    stats = getattr(getattr(getattr(contender, "predictor", None), "backend", None), "shape_stats", None)
+    return stats() if callable(stats) else None

@@ -231,3 +231,21 @@ def test_the_standard_workloads_note_names_the_graph_that_answered_batches_of_ne
     notes = []
     _snapshot_caches([contender("OpenVINO is not installed")], "standard", notes)
     assert "cannot run here (OpenVINO is not installed), so none did" in notes[0]
+
+
+def test_openvino_artifacts_are_timed_on_the_static_compiles_their_warm_up_started(work, tiny_ckpt, edgemm_cache):
+    from tests.optimize.test_openvino_variants import export_ov_bundle
+
+    bundle = export_ov_bundle(work, tiny_ckpt)
+    timing = TimingOptions(batch_sizes=(2,), warmup=2, iterations=6, rounds=2)
+    report = run_bench(BenchConfig(bundle=bundle, artifacts=("ov-int8",), checkpoint=tiny_ckpt, timing=timing,
+                                   peers=(), cold_start=False, accuracy=False))
+    doc = report.document
+    (contender,) = doc["contenders"]
+    stats = contender["static_shapes"]["standard"]
+    # The warm-up (2 × e2e + model) saw the cell's one shape often enough; the bench waited for the
+    # compile and warmed up again, so the check was made before timing and every timed call ran it.
+    assert stats["compiled"] == 1 and stats["adopted"] == 1 and stats["refused"] == 0
+    assert stats["static_runs"] >= 2 * timing.iterations
+    note = next(n for n in doc["notes"] if n.startswith("edgemm:ov-int8: OpenVINO compiled 1 static-shape graph"))
+    assert "EDGEMM_OPENVINO_SHAPES=0 times only that" in note
