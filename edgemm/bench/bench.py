@@ -91,6 +91,10 @@ def run_bench(config: BenchConfig) -> BenchReport:
     _check_request(config, manifest)
     machine = fingerprint()
     peer_notes: list[str] = []
+    # The runtime's choice first, in a process with nothing else loaded yet: where it has to
+    # measure the artifacts (no ranking cached for this machine), it measures them as a fresh
+    # `predict` / `serve` would, not beside a dozen loaded contenders and their threads.
+    choice = _runtime_choice(config, manifest, peer_notes)
     names = _artifacts(config, manifest, peer_notes)
     contenders: list[Any] = []
     for name in names:
@@ -146,7 +150,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         reference = next((c for c in contenders if c.info.get("artifact") == "fp32"), None) or \
             EdgemmContender(bundle, "fp32", device=config.device, threads=config.threads)
         accuracy = accuracy_drift(everyone, evalset, reference)
-    headline = _headline(config, manifest, contenders, peer_notes)
+    headline = _headline(choice, contenders, peer_notes)
     cold: list[dict[str, Any]] = []
     if config.cold_start:
         cold = _cold_starts(config, bundle, manifest, peers, headline, contenders)
@@ -481,23 +485,31 @@ def _snapshot_caches(contenders: list[Any], workload: str, notes: list[str]) -> 
                          "pictures change) shows the cache at work")
 
 
-def _headline(config: BenchConfig, manifest: Manifest, contenders: list[Any], notes: list[str]) -> dict[str, Any]:
-    """The artifact every ratio headlines: the one ``predict`` / ``serve`` choose on this machine
-    (:func:`edgemm.runtime.predictor.choose_artifact`), not the fastest measured one."""
+def _runtime_choice(config: BenchConfig, manifest: Manifest, notes: list[str]) -> str | None:
+    """The artifact ``predict`` / ``serve`` choose on this machine
+    (:func:`edgemm.runtime.predictor.choose_artifact`), or None (noted) where they choose none."""
     from edgemm.runtime.predictor import choose_artifact
 
-    measured = {c.info.get("artifact"): c.name for c in contenders}
     try:
         chosen, _ = choose_artifact(manifest, config.device, bundle=config.bundle, threads=config.threads)
     except EdgemmError as exc:
         notes.append(f"headline: the runtime chooses no artifact on {config.device} ({exc.message}); "
                      "ratios use the fastest measured artifact per cell")
+        return None
+    return chosen.name
+
+
+def _headline(choice: str | None, contenders: list[Any], notes: list[str]) -> dict[str, Any]:
+    """The artifact every ratio headlines: the runtime's choice (:func:`_runtime_choice`), not the
+    fastest measured one."""
+    if choice is None:
         return {"artifact": None, "contender": None, "source": "fastest measured"}
-    if chosen.name not in measured:
-        notes.append(f"headline: the runtime's choice on this machine, {chosen.name}, was not measured "
+    measured = {c.info.get("artifact"): c.name for c in contenders}
+    if choice not in measured:
+        notes.append(f"headline: the runtime's choice on this machine, {choice}, was not measured "
                      "(--artifact); ratios use the fastest measured artifact per cell")
-        return {"artifact": chosen.name, "contender": None, "source": "fastest measured"}
-    return {"artifact": chosen.name, "contender": measured[chosen.name], "source": "choose_artifact"}
+        return {"artifact": choice, "contender": None, "source": "fastest measured"}
+    return {"artifact": choice, "contender": measured[choice], "source": "choose_artifact"}
 
 
 def _sampler(config: BenchConfig, notes: list[str]) -> Any:
