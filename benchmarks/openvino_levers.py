@@ -1,6 +1,6 @@
-"""Where OpenVINO INT8 spends its time, and two levers tried against it (issue 16, "ahead, not equal").
+"""Where OpenVINO INT8 spends its time, and levers tried against it (issue 16, "ahead, not equal").
 
-Three measurements on a bundle's OpenVINO IR (``model/ov-int8.xml``), in one process:
+Four measurements on a bundle's OpenVINO IR (``model/ov-int8.xml``), in one process:
 
 * ``profile``: OpenVINO's per-node counters (``PERF_COUNT``), summed by node type and kernel, and
   the arithmetic rate of the INT8 FullyConnected nodes (2·M·K·N per node from the compiled
@@ -8,13 +8,16 @@ Three measurements on a bundle's OpenVINO IR (``model/ov-int8.xml``), in one pro
 * ``streams``: a batch as one request on one stream with two threads (edgemm's and the peer's
   policy) against the batch cut in halves, each on its own stream with one thread (OpenVINO
   THROUGHPUT, two streams, no pinning); quiet and with :class:`edgemm.bench.runner.BackgroundLoad`.
+* ``static``: the IR compiled for the feed's exact shapes against the dynamic compile edgemm and
+  the peer load (what :mod:`edgemm.runtime.backends.ov_shapes` does for shapes a kiosk keeps
+  sending), with the largest difference between their outputs.
 * ``qkv``: the bundle's FP32 ONNX with each attention layer's query / key / value projections
   (three MatMul + Add reading one input) fused into one MatMul + Add + Split, both graphs quantized
   by NNCF alike (TRANSFORMER, calibrated on the golden feed), timed in OpenVINO.
 
     python benchmarks/openvino_levers.py benchmarks/.work/reference-cpu.bundle --batches 1,8,32
     python benchmarks/openvino_levers.py benchmarks/.work/large-fusion-cpu.bundle --batches 1,4 \
-        --precision bf16 --only profile,streams --runs 3
+        --precision bf16 --only profile,static,streams --runs 3
 
 Inputs: the golden feed's rows, repeated to the batch size (text at the golden set's length).
 """
@@ -152,6 +155,24 @@ def streams(core: Any, xml: Path, feeds: dict[int, dict[str, np.ndarray]], preci
                   + f"; outputs bit-identical: {same}")
 
 
+def static(core: Any, xml: Path, feeds: dict[int, dict[str, np.ndarray]], precision: str, rounds: int,
+           runs: int) -> None:
+    dynamic = _compile(core, core.read_model(xml), precision).create_infer_request()
+    for batch, feed in feeds.items():
+        model = core.read_model(xml)
+        model.reshape({name: list(value.shape) for name, value in feed.items()})
+        start = time.perf_counter()
+        fixed = _compile(core, model, precision).create_infer_request()
+        compile_s = time.perf_counter() - start
+        diff = float(np.abs(dynamic.infer(feed, share_inputs=True)[0] - fixed.infer(feed, share_inputs=True)[0]).max())
+        calls = {"dynamic": lambda feed=feed: dynamic.infer(feed, share_inputs=True),
+                 "static": lambda feed=feed, fixed=fixed: fixed.infer(feed, share_inputs=True)}
+        result = _interleaved(calls, rounds, runs)
+        print(f"static batch {batch}: dynamic {result['dynamic']:.2f} ms, static {result['static']:.2f} ms "
+              f"({result['dynamic'] / result['static']:.3f}x; compiled in {compile_s:.2f} s; "
+              f"largest output difference {diff:.3g})")
+
+
 def qkv(core: Any, bundle: Path, feeds: dict[int, dict[str, np.ndarray]], precision: str, rounds: int,
         runs: int) -> None:
     import nncf
@@ -224,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--precision", default="f32", help="INFERENCE_PRECISION_HINT for the layers INT8 leaves")
-    parser.add_argument("--only", default="profile,streams,qkv")
+    parser.add_argument("--only", default="profile,static,streams,qkv")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--runs", type=int, default=30, help="runs per call and round")
     args = parser.parse_args(argv)
@@ -236,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.only.split(",")
     if "profile" in wanted:
         profile(core, xml, feeds, args.precision)
+    if "static" in wanted:
+        static(core, xml, feeds, args.precision, args.rounds, args.runs)
     if "streams" in wanted:
         streams(core, xml, feeds, args.precision, args.rounds, args.runs)
     if "qkv" in wanted:
