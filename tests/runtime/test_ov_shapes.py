@@ -176,3 +176,41 @@ def test_ranking_times_the_dynamic_model_and_the_kept_backend_specializes(ov_bun
             _settle(backend, golden.feed)
             assert backend.shape_stats()["adopted"] == 1
             backend.deactivate()
+
+
+class _Broken:
+    """A compiled model whose requests fail as OpenVINO does (a bare RuntimeError)."""
+
+    def create_infer_request(self):
+        return self
+
+    def infer(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: simulated")
+
+
+def test_a_static_compile_that_fails_at_run_time_gives_way_to_the_dynamic_model(ov_bundle, golden, caplog):
+    xml = ov_bundle / "model" / "ov-int8.xml"
+    specializer = ShapeSpecializer(xml, ov_properties(), Tolerance.for_precision("int8"))
+    requests = ThreadRequests(compile_model(xml), specializer)
+    expected = requests.infer(golden.feed, ["logits"], specialize=False)
+    sig = signature(golden.feed)
+    specializer.settle(sig, _Broken(), expected, expected)  # adopted, then it breaks
+    assert specializer.held(sig)
+    with caplog.at_level(logging.WARNING, logger="edgemm.runtime"):
+        got = requests.infer(golden.feed, ["logits"])
+    np.testing.assert_array_equal(got["logits"], expected["logits"])  # answered all the same
+    assert "failed to run; that shape keeps the dynamic graph" in caplog.text
+    assert not specializer.held(sig) and specializer.stats()["refused"] == 1
+    # A check whose static run fails refuses the shape too; one that could not compare keeps it pending.
+    other = {k: np.ascontiguousarray(v[:1]) for k, v in golden.feed.items()}
+    one = signature(other)
+    specializer.settle(one, _Broken(), None, requests.infer(other, ["logits"], specialize=False))
+    assert specializer.lookup(one) == ("dynamic", None) and specializer.stats()["refused"] == 2
+    two = (("x", (2,)),)
+    specializer.settle(two, "compiled", None, None)
+    assert specializer.lookup(two) == ("check", "compiled")
+    # While one caller checks a compile, the shape is neither compiled again nor checked twice.
+    for _ in range(5):
+        assert specializer.lookup(two) == ("dynamic", None)
+    assert not specializer.wait()
+    requests.close()

@@ -213,15 +213,23 @@ class ThreadRequests:
         sig = signature(feed)
         state, compiled = self.specializer.lookup(sig)
         if state == "static":
-            return infer(self._request(sig, compiled), feed, names)
-        dynamic = infer(self._request(None, self.compiled), feed, names)
-        if state == "check":
             try:
-                static = infer(self._request(sig, compiled), feed, names)
-            except OpenVinoError as exc:
-                log.debug("static-shape compile failed to run: %s", exc)
+                return infer(self._request(sig, compiled), feed, names)
+            except OpenVinoError:
+                self.specializer.refuse(sig)  # the kiosk keeps serving: the dynamic model answers
+                return infer(self._request(None, self.compiled), feed, names)
+        dynamic = None
+        try:
+            dynamic = infer(self._request(None, self.compiled), feed, names)
+        finally:
+            if state == "check":
                 static = None
-            self.specializer.settle(sig, compiled, static, dynamic)
+                if dynamic is not None:
+                    try:
+                        static = infer(self._request(sig, compiled), feed, names)
+                    except OpenVinoError as exc:
+                        log.debug("static-shape compile failed to run: %s", exc)
+                self.specializer.settle(sig, compiled, static, dynamic)
         return dynamic
 
     def _request(self, sig: Any, compiled: Any) -> Any:

@@ -165,6 +165,7 @@ class ShapeSpecializer:
         self._ready: OrderedDict[Signature, Any] = OrderedDict()
         self._pending: dict[Signature, Any] = {}
         self._refused: set[Signature] = set()
+        self._checking: set[Signature] = set()
         self._compiling: threading.Thread | None = None
         self._closed = False
         self._stats = {"compiled": 0, "adopted": 0, "refused": 0, "failed": 0, "evicted": 0, "static_runs": 0,
@@ -189,8 +190,9 @@ class ShapeSpecializer:
                 self._stats["static_runs"] += 1
                 return "static", self._ready[sig]
             if sig in self._pending:
+                self._checking.add(sig)
                 return "check", self._pending.pop(sig)  # exactly one caller checks it
-            if self._closed or sig in self._refused:
+            if self._closed or sig in self._refused or sig in self._checking:
                 return "dynamic", None
             count = self._seen.pop(sig, 0) + 1
             self._seen[sig] = count
@@ -208,9 +210,17 @@ class ShapeSpecializer:
             return "dynamic", None
 
     def settle(self, sig: Signature, compiled: Any, static: dict[str, np.ndarray] | None,
-               dynamic: dict[str, np.ndarray]) -> None:
-        """Adopt ``compiled`` for ``sig`` if its outputs ``static`` agree with ``dynamic`` (None:
-        it failed to run); otherwise keep that shape on the dynamic graph for good."""
+               dynamic: dict[str, np.ndarray] | None) -> None:
+        """Adopt ``compiled`` for ``sig`` if its outputs ``static`` agree with ``dynamic``;
+        ``static`` None (it failed to run): keep that shape on the dynamic graph for good;
+        ``dynamic`` None (the dynamic model failed: nothing to compare): check it next time."""
+        with self._lock:
+            self._checking.discard(sig)
+            if self._closed:
+                return
+            if dynamic is None:
+                self._pending[sig] = compiled
+                return
         ok = static is not None and agree(static, dynamic, self.tolerance)
         with self._lock:
             if self._closed:
@@ -227,6 +237,15 @@ class ShapeSpecializer:
         if not ok:
             log.warning("%s: the static-shape compile for %s does not answer as the dynamic graph does; "
                         "that shape keeps the dynamic graph", self.xml.name, dict(sig))
+
+    def refuse(self, sig: Signature) -> None:
+        """Drop an adopted compile that failed to run: ``sig`` keeps the dynamic graph for good."""
+        with self._lock:
+            if self._ready.pop(sig, None) is not None:
+                self._refused.add(sig)
+                self._stats["refused"] += 1
+        log.warning("%s: the static-shape compile for %s failed to run; that shape keeps the dynamic graph",
+                    self.xml.name, dict(sig))
 
     def held(self, sig: Signature) -> bool:
         """Whether ``sig`` has an adopted static compile now."""
