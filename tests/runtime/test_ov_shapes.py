@@ -17,7 +17,7 @@ from edgemm.runtime.backends.openvino import (
     OpenVinoBackend,
     ThreadRequests,
     compile_model,
-    ov_properties,
+    static_compiler,
 )
 from edgemm.runtime.backends.ov_shapes import ShapeSpecializer, agree, configured_entries, signature
 from tests.optimize.test_openvino_variants import export_ov_bundle
@@ -77,7 +77,7 @@ def test_a_static_compile_that_answers_otherwise_is_refused_for_good(ov_bundle, 
     dynamic = compile_model(ov_bundle / "model" / "ov-int8.xml")
     # The static compiles are made from the FP32 IR: they answer differently from the INT8 model.
     other = ov_bundle / manifest.artifact("ov-fp32").path
-    specializer = ShapeSpecializer(other, ov_properties(), Tolerance(atol=0.0, rtol=0.0), after=1)
+    specializer = ShapeSpecializer(static_compiler(other), Tolerance(atol=0.0, rtol=0.0), after=1)
     requests = ThreadRequests(dynamic, specializer)
     expected = requests.infer(golden.feed, ["logits"], specialize=False)["logits"]
     requests.infer(golden.feed, ["logits"])
@@ -96,7 +96,8 @@ def test_a_static_compile_that_answers_otherwise_is_refused_for_good(ov_bundle, 
 
 def test_shapes_kept_and_compiles_are_bounded(ov_bundle, golden):
     xml = ov_bundle / "model" / "ov-int8.xml"
-    specializer = ShapeSpecializer(xml, ov_properties(), Tolerance.for_precision("int8"), entries=1, after=1, budget=2)
+    specializer = ShapeSpecializer(static_compiler(xml), Tolerance.for_precision("int8"), entries=1, after=1,
+                                   budget=2)
     requests = ThreadRequests(compile_model(xml), specializer)
     feeds = [{k: np.ascontiguousarray(v[:rows]) for k, v in golden.feed.items()} for rows in (1, 2, 3)]
     for feed in feeds:
@@ -137,17 +138,17 @@ def test_the_setting_and_which_models_get_static_compiles(ov_bundle, monkeypatch
         assert backend._requests.specializer.entries == ov_shapes.DEFAULT_ENTRIES  # a tiny IR: the most
     # As many shapes as the memory budget holds at the estimated cost of one; none: no specializer.
     monkeypatch.setattr(ov_shapes, "MEMORY_BUDGET_BYTES", int(2.5 * ov_shapes.COST_PER_WEIGHT_BYTE * weights))
-    assert ov_shapes.specializer_for(xml, ov_properties(), "int8").entries == 2
+    assert ov_shapes.specializer_for(xml, static_compiler(xml), "int8").entries == 2
     monkeypatch.setattr(ov_shapes, "MEMORY_BUDGET_BYTES", weights)
     with _backend(ov_bundle) as backend:
         assert backend.shape_stats() is None
     monkeypatch.setenv(ov_shapes.ENV, "3")  # set explicitly: kept whatever the estimate says
-    assert ov_shapes.specializer_for(xml, ov_properties(), "int8").entries == 3
+    assert ov_shapes.specializer_for(xml, static_compiler(xml), "int8").entries == 3
 
 
 def test_no_compile_starts_while_memory_is_short(ov_bundle, golden, monkeypatch):
     xml = ov_bundle / "model" / "ov-int8.xml"
-    specializer = ShapeSpecializer(xml, ov_properties(), Tolerance.for_precision("int8"), after=1, cost=2**30)
+    specializer = ShapeSpecializer(static_compiler(xml), Tolerance.for_precision("int8"), after=1, cost=2**30)
     monkeypatch.setattr(ov_shapes, "available_memory", lambda: 2**30)  # free: half of what is wanted
     assert specializer.lookup(signature(golden.feed)) == ("dynamic", None)
     assert not specializer.wait() and specializer.stats()["short_of_memory"] == 1
@@ -190,7 +191,7 @@ class _Broken:
 
 def test_a_static_compile_that_fails_at_run_time_gives_way_to_the_dynamic_model(ov_bundle, golden, caplog):
     xml = ov_bundle / "model" / "ov-int8.xml"
-    specializer = ShapeSpecializer(xml, ov_properties(), Tolerance.for_precision("int8"))
+    specializer = ShapeSpecializer(static_compiler(xml), Tolerance.for_precision("int8"))
     requests = ThreadRequests(compile_model(xml), specializer)
     expected = requests.infer(golden.feed, ["logits"], specialize=False)
     sig = signature(golden.feed)

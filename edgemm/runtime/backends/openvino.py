@@ -268,15 +268,31 @@ def kept_requests(xml: Path, *, inference_precision: str, threads: int | None, c
                   precision: str, specialize_shapes: bool) -> ThreadRequests:
     """The IR ``xml`` compiled (:func:`compile_model`) with per-thread requests and, where
     ``specialize_shapes`` and :func:`~edgemm.runtime.backends.ov_shapes.specializer_for` allow,
-    static-shape compiles for the shapes seen often (same properties, no disk cache: a blob per
-    shape would pile up beside the bundle)."""
+    static-shape compiles (:func:`static_compiler`) for the shapes seen often."""
     from edgemm.runtime.backends.ov_shapes import specializer_for
 
     compiled = compile_model(xml, inference_precision=inference_precision, threads=threads, cache_dir=cache_dir)
     specializer = None
     if specialize_shapes:
-        specializer = specializer_for(Path(xml), ov_properties(inference_precision, threads), precision)
+        compile_static = static_compiler(Path(xml), inference_precision=inference_precision, threads=threads)
+        specializer = specializer_for(Path(xml), compile_static, precision)
     return ThreadRequests(compiled, specializer)
+
+
+def static_compiler(xml: Path, *, inference_precision: str = "f32", threads: int | None = None) -> Any:
+    """``signature → compiled model``: the IR ``xml`` reshaped to one signature's exact input
+    shapes and compiled with :func:`ov_properties` (no disk cache: a blob per shape would pile up
+    beside the bundle). Raises :class:`~edgemm.errors.RuntimeFailure` where OpenVINO cannot."""
+
+    def compile_static(signature: tuple[tuple[str, tuple[int, ...]], ...]) -> Any:
+        try:
+            model = core().read_model(str(xml))
+            model.reshape({name: list(shape) for name, shape in signature})
+        except RuntimeError as exc:
+            raise RuntimeFailure(f"OpenVINO could not reshape {Path(xml).name}: {str(exc).splitlines()[0][:300]}") from exc
+        return compile_model(model, inference_precision=inference_precision, threads=threads)
+
+    return compile_static
 
 
 def model_cache_dir(root: Path) -> Path | None:

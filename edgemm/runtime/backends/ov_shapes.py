@@ -2,9 +2,9 @@
 
 OpenVINO runs an IR with dynamic axes (batch, text length) by inferring shapes and placing
 memory node by node on every call; compiled for one exact shape it does that once. On the
-reference model (2-core EPYC, INT8) the static compile answered 1.4-1.6x faster at batch 1,
-1.2x at batch 8 and 1.1x at batch 32 (``benchmarks/openvino_levers.py``); on BERT-base +
-ViT-B/16 sizes only 2-4 % (its time is in the matrix products). A kiosk sends the same few
+reference model (2-core EPYC, INT8) the static compile answered 1.34x faster at batch 1, 1.13x
+at batch 8 and 1.15x at batch 32 (``benchmarks/results/cpu-amd-epyc-2c/openvino-levers.md``);
+on BERT-base + ViT-B/16 sizes 1.02-1.04x (its time is in the matrix products). A kiosk sends the same few
 shapes all day (its question cards' answers have a handful of lengths, its pictures one size),
 so :class:`ShapeSpecializer` compiles for a shape once it has been seen a few times:
 
@@ -22,7 +22,8 @@ so :class:`ShapeSpecializer` compiles for a shape once it has been seen a few ti
   twice that free (``MemAvailable``).
 
 ``EDGEMM_OPENVINO_SHAPES``: ``0`` turns it off; a number sets how many shapes are kept, whatever
-the memory estimate says. Torch-free.
+the memory estimate says. Engine-neutral and torch-free: the compile itself is a function the
+OpenVINO backend passes in (:func:`edgemm.runtime.backends.openvino.static_compiler`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ COST_PER_WEIGHT_BYTE = 4.5
 _SEEN_LIMIT = 256
 
 Signature = tuple[tuple[str, tuple[int, ...]], ...]
+#: Compiles the model for one signature (raises on failure: that shape stays dynamic).
+StaticCompiler = Callable[[Signature], Any]
 
 
 def configured_entries() -> int | None:
@@ -77,9 +81,9 @@ def configured_entries() -> int | None:
     return value
 
 
-def specializer_for(xml: Path, properties: dict[str, Any], precision: str) -> ShapeSpecializer | None:
-    """A :class:`ShapeSpecializer` for the IR ``xml`` compiled with ``properties``, or None where
-    it is turned off or not one static compile fits the memory budget."""
+def specializer_for(xml: Path, compile_static: StaticCompiler, precision: str) -> ShapeSpecializer | None:
+    """A :class:`ShapeSpecializer` for the IR ``xml`` (its weights size the memory estimate),
+    or None where it is turned off or not one static compile fits the memory budget."""
     explicit = configured_entries()
     if explicit == 0:
         return None
@@ -92,7 +96,8 @@ def specializer_for(xml: Path, properties: dict[str, Any], precision: str) -> Sh
     if entries == 0:
         log.debug("no static-shape compiles for %s: one would take ~%d MB", xml.name, cost >> 20)
         return None
-    return ShapeSpecializer(xml, properties, Tolerance.for_precision(precision), entries=entries, cost=cost)
+    return ShapeSpecializer(compile_static, Tolerance.for_precision(precision), entries=entries, cost=cost,
+                            label=xml.name)
 
 
 def available_memory() -> int | None:
@@ -140,22 +145,22 @@ class ShapeSpecializer:
     """Static-shape compiles of one IR, made in the background for shapes seen often enough.
 
     Args:
-        xml: The IR (its ``.bin`` beside it).
-        properties: The compile properties of the dynamic model (the static ones use the same).
+        compile_static: Compiles the model for one signature (called in the background thread).
         tolerance: How far a static compile's outputs may be from the dynamic one's.
         entries: Static compiles kept (least recently used leave first).
         after: Sightings of a shape before it is compiled for.
         budget: Compiles over the specializer's life (default ``4 * entries``).
         cost: Estimated bytes of one static compile: none starts while less than twice that is free.
+        label: How warnings name the model (its file name).
     """
 
-    def __init__(self, xml: Path, properties: dict[str, Any], tolerance: Tolerance, *,
+    def __init__(self, compile_static: StaticCompiler, tolerance: Tolerance, *,
                  entries: int = DEFAULT_ENTRIES, after: int = DEFAULT_AFTER, budget: int | None = None,
-                 cost: int = 0):
+                 cost: int = 0, label: str = "model"):
         if entries < 1 or after < 1:
             raise UsageError(f"entries and after must be at least 1, got {entries} and {after}.")
-        self.xml = Path(xml)
-        self.properties = dict(properties)
+        self.compile_static = compile_static
+        self.label = label
         self.tolerance = tolerance
         self.entries, self.after = entries, after
         self.budget = 4 * entries if budget is None else budget
@@ -236,7 +241,7 @@ class ShapeSpecializer:
                     self._stats["evicted"] += 1
         if not ok:
             log.warning("%s: the static-shape compile for %s does not answer as the dynamic graph does; "
-                        "that shape keeps the dynamic graph", self.xml.name, dict(sig))
+                        "that shape keeps the dynamic graph", self.label, dict(sig))
 
     def refuse(self, sig: Signature) -> None:
         """Drop an adopted compile that failed to run: ``sig`` keeps the dynamic graph for good."""
@@ -245,7 +250,7 @@ class ShapeSpecializer:
                 self._refused.add(sig)
                 self._stats["refused"] += 1
         log.warning("%s: the static-shape compile for %s failed to run; that shape keeps the dynamic graph",
-                    self.xml.name, dict(sig))
+                    self.label, dict(sig))
 
     def held(self, sig: Signature) -> bool:
         """Whether ``sig`` has an adopted static compile now."""
@@ -269,15 +274,10 @@ class ShapeSpecializer:
             self._pending.clear()
 
     def _compile(self, sig: Signature) -> None:
-        from edgemm.runtime.backends.openvino import core
-
         try:
-            ov_core = core()
-            model = ov_core.read_model(str(self.xml))
-            model.reshape({name: list(shape) for name, shape in sig})
-            compiled = ov_core.compile_model(model, "CPU", self.properties)
+            compiled = self.compile_static(sig)
         except Exception as exc:  # OpenVINO raises bare RuntimeErrors (and more): this shape stays dynamic
-            log.debug("%s: no static-shape compile for %s: %s", self.xml.name, dict(sig), exc)
+            log.debug("%s: no static-shape compile for %s: %s", self.label, dict(sig), exc)
             with self._lock:
                 self._refused.add(sig)
                 self._stats["failed"] += 1
