@@ -15,7 +15,7 @@ import numpy as np
 
 from edgemm.bench.accuracy import accuracy_drift, golden_evalset
 from edgemm.bench.coldstart import measure as cold_start
-from edgemm.bench.contenders import EdgemmContender, shape_stats
+from edgemm.bench.contenders import EdgemmContender, backend_hook, shape_stats
 from edgemm.bench.machine import fingerprint, machine_id
 from edgemm.bench.runner import Measurement, TimingOptions, load_core, run_interleaved
 from edgemm.bundle.manifest import Manifest
@@ -436,22 +436,22 @@ def _repeated_requests(manifest: Manifest, rows: list[dict[str, Any]], *, answer
 
 
 def _cache_stats(contender: Any) -> dict[str, Any] | None:
-    stats = getattr(getattr(getattr(contender, "predictor", None), "backend", None), "cache_stats", None)
-    return stats() if callable(stats) else None
+    stats = backend_hook(contender, "cache_stats")
+    return stats() if stats is not None else None
 
 
 def _clear_caches(contenders: list[Any]) -> None:
     """A kiosk starts with an empty answer cache: each workload is measured from one (warm-up fills it)."""
     for c in contenders:
-        clear = getattr(getattr(getattr(c, "predictor", None), "backend", None), "clear_cache", None)
-        if callable(clear):
+        clear = backend_hook(c, "clear_cache")
+        if clear is not None:
             clear()
 
 
 def _set_caching(contenders: list[Any], enabled: bool) -> None:
     for c in contenders:
-        switch = getattr(getattr(getattr(c, "predictor", None), "backend", None), "set_caching", None)
-        if callable(switch):
+        switch = backend_hook(c, "set_caching")
+        if switch is not None:
             switch(enabled)
 
 

@@ -82,14 +82,23 @@ class EdgemmContender(Contender):
     def settle(self) -> bool:
         """Wait for the backend's background work started by the warm-up (OpenVINO static-shape
         compiles); True if there was some: the caller warms up again, so timing sees steady state."""
-        wait = getattr(self.predictor.backend, "wait_for_compiles", None)
-        return bool(wait()) if callable(wait) else False
+        wait = backend_hook(self, "wait_for_compiles")
+        return bool(wait()) if wait is not None else False
 
     def close(self) -> None:
         self.predictor.close()
 
 
+
+def backend_hook(contender: Any, name: str) -> Any:
+    """The bound method ``name`` of an edgemm contender's backend (an answer cache's
+    ``cache_stats`` / ``clear_cache`` / ``set_caching``, OpenVINO's ``shape_stats`` /
+    ``wait_for_compiles``), or None where the contender or its backend has none (peers)."""
+    method = getattr(getattr(getattr(contender, "predictor", None), "backend", None), name, None)
+    return method if callable(method) else None
+
+
 def shape_stats(contender: Any) -> dict[str, int] | None:
     """An edgemm contender's OpenVINO static-shape compile counters, or None where it has none."""
-    stats = getattr(getattr(getattr(contender, "predictor", None), "backend", None), "shape_stats", None)
-    return stats() if callable(stats) else None
+    stats = backend_hook(contender, "shape_stats")
+    return stats() if stats is not None else None
