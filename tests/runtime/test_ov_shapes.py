@@ -215,3 +215,58 @@ def test_a_static_compile_that_fails_at_run_time_gives_way_to_the_dynamic_model(
         assert specializer.lookup(two) == ("dynamic", None)
     assert not specializer.wait()
     requests.close()
+
+
+def test_a_bundle_changed_on_disk_after_loading_gets_no_static_compile(ov_bundle, golden, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "bundle"
+    shutil.copytree(ov_bundle, root)
+    with _backend(root) as backend:
+        expected = backend.run_reference(golden.feed)["logits"]
+        # Another model's IR renamed over the loaded one, as a swap or an edit under a running kiosk would.
+        for suffix in (".xml", ".bin"):
+            (root / "model" / f"ov-fp32{suffix}").replace(root / "model" / f"ov-int8{suffix}")
+        with caplog.at_level(logging.WARNING, logger="edgemm.runtime"):
+            for _ in range(ov_shapes.DEFAULT_AFTER):
+                backend.run(golden.feed)
+            backend.wait_for_compiles()  # the refusal is quick: it may be over before this waits
+        assert "changed on disk since it was loaded" in caplog.text
+        stats = backend.shape_stats()
+        assert stats["failed"] == 1 and stats["compiled"] == 0 and stats["shapes"] == 0
+        for _ in range(3):  # the model that was loaded and checked keeps answering
+            np.testing.assert_array_equal(backend.run(golden.feed)["logits"], expected)
+        assert not backend.wait_for_compiles()
+
+
+def test_a_client_sending_ever_new_shapes_costs_bounded_memory_and_compiles(ov_bundle, golden):
+    xml = ov_bundle / "model" / "ov-int8.xml"
+    specializer = ShapeSpecializer(static_compiler(xml), Tolerance.for_precision("int8"), after=2)
+    first = signature(golden.feed)
+    specializer.lookup(first)
+    for length in range(ov_shapes._SEEN_LIMIT):  # each a new shape, seen once
+        specializer.lookup((("input_ids", (1, 1000 + length)),))
+    # The first shape's sighting was forgotten with the oldest: seen again, it counts from one.
+    specializer.lookup(first)
+    assert not specializer.wait() and specializer.stats()["compiled"] == 0
+    specializer.lookup(first)
+    assert specializer.wait()
+    specializer.close()
+
+
+def test_static_and_dynamic_answers_agree_only_when_they_are_the_same_answers():
+    tol = Tolerance.for_precision("int8")
+    logits = np.array([[1.0, 0.99], [0.2, -0.3]], np.float32)
+    assert agree({"logits": logits + 0.01}, {"logits": logits}, tol)
+    # Within the elementwise tolerance, but the near-tie of row 0 flipped: refused.
+    assert not agree({"logits": np.array([[0.99, 1.0], [0.2, -0.3]], np.float32)}, {"logits": logits}, tol)
+    assert not agree({"logits": logits + 0.5}, {"logits": logits}, tol)  # out of tolerance
+    assert not agree({"logits": logits.astype(np.float64)}, {"logits": logits}, tol)  # another dtype
+    assert not agree({}, {"logits": logits}, tol)
+    nan = logits.copy()
+    nan[1, 1] = np.nan
+    assert agree({"logits": nan.copy()}, {"logits": nan}, tol)  # non-finite where, and only where, it was
+    assert not agree({"logits": logits}, {"logits": nan}, tol)
+    assert not agree({"logits": nan}, {"logits": logits}, tol)
+    ids = np.array([3, 20])
+    assert agree({"ids": ids.copy()}, {"ids": ids}, tol) and not agree({"ids": ids + 1}, {"ids": ids}, tol)

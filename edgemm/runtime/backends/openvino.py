@@ -282,9 +282,21 @@ def kept_requests(xml: Path, *, inference_precision: str, threads: int | None, c
 def static_compiler(xml: Path, *, inference_precision: str = "f32", threads: int | None = None) -> Any:
     """``signature → compiled model``: the IR ``xml`` reshaped to one signature's exact input
     shapes and compiled with :func:`ov_properties` (no disk cache: a blob per shape would pile up
-    beside the bundle). Raises :class:`~edgemm.errors.RuntimeFailure` where OpenVINO cannot."""
+    beside the bundle).
+
+    The compile reads the IR again, later, in the background: it refuses to where ``xml`` or its
+    ``.bin`` is no longer the file that was there when this was made (right after the bundle's
+    hashes were checked) — a bundle swapped or edited under a running kiosk. Reading the model
+    up front instead would add OpenVINO's reader to every cold start.
+
+    Raises:
+        RuntimeFailure: The files changed, or OpenVINO could not reshape or compile the model.
+    """
+    identity = _file_identity(xml)
 
     def compile_static(signature: tuple[tuple[str, tuple[int, ...]], ...]) -> Any:
+        if _file_identity(xml) != identity:
+            raise RuntimeFailure(f"{Path(xml).name} changed on disk since it was loaded; no static-shape compile")
         try:
             model = core().read_model(str(xml))
             model.reshape({name: list(shape) for name, shape in signature})
@@ -293,6 +305,19 @@ def static_compiler(xml: Path, *, inference_precision: str = "f32", threads: int
         return compile_model(model, inference_precision=inference_precision, threads=threads)
 
     return compile_static
+
+
+def _file_identity(xml: Path) -> tuple[tuple[int, ...] | None, ...]:
+    """Device, inode, size and modification time of an IR's ``.xml`` and ``.bin`` (None: missing)."""
+    out = []
+    for path in (Path(xml), Path(xml).with_suffix(".bin")):
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def model_cache_dir(root: Path) -> Path | None:

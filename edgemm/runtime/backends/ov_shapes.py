@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemm.bundle.compare import Tolerance, predicted_classes
+from edgemm.bundle.compare import Tolerance, compare, top1_agreement
 from edgemm.errors import UsageError
 
 log = logging.getLogger("edgemm.runtime")
@@ -118,26 +118,22 @@ def signature(feed: dict[str, np.ndarray]) -> Signature:
 
 
 def agree(static: dict[str, np.ndarray], dynamic: dict[str, np.ndarray], tolerance: Tolerance) -> bool:
-    """Whether the static compile's outputs are the dynamic one's: same shapes, floats within
-    ``tolerance`` elementwise (non-finite values where, and only where, the dynamic has them) and
-    the same predicted class per row; other dtypes equal."""
+    """Whether the static compile's outputs are the dynamic one's: same shapes and dtypes; floats
+    pass the project's output comparison (:func:`~edgemm.bundle.compare.compare`: elementwise
+    within ``tolerance``, cosine, finite) and pick exactly the same class per row; outputs with
+    non-finite values, and non-float outputs, are equal."""
     for name, reference in dynamic.items():
         actual = static.get(name)
         if actual is None or actual.shape != reference.shape or actual.dtype != reference.dtype:
             return False
-        if not np.issubdtype(reference.dtype, np.floating):
-            if not np.array_equal(actual, reference):
+        if not np.issubdtype(reference.dtype, np.floating) or not np.isfinite(reference).all():
+            if not np.array_equal(actual, reference, equal_nan=np.issubdtype(reference.dtype, np.floating)):
                 return False
             continue
-        ref, act = reference.astype(np.float64), actual.astype(np.float64)
-        finite = np.isfinite(ref)
-        if not np.array_equal(finite, np.isfinite(act)) or not np.array_equal(ref[~finite], act[~finite]):
+        if not compare("static-shape", name, reference, actual, tolerance, classify=False).passed:
             return False
-        if not np.all(np.abs(act[finite] - ref[finite]) <= tolerance.margin(ref[finite])):
-            return False
-        if ref.ndim >= 1 and ref.size and np.all(finite) and not np.array_equal(
-                predicted_classes(act), predicted_classes(ref)):
-            return False
+        if reference.ndim >= 1 and reference.size and top1_agreement(actual, reference) < 1.0:
+            return False  # no tie slack: a static compile must not flip even a near-tie
     return True
 
 
@@ -277,7 +273,8 @@ class ShapeSpecializer:
         try:
             compiled = self.compile_static(sig)
         except Exception as exc:  # OpenVINO raises bare RuntimeErrors (and more): this shape stays dynamic
-            log.debug("%s: no static-shape compile for %s: %s", self.label, dict(sig), exc)
+            log.warning("%s: no static-shape compile for %s (%s); that shape keeps the dynamic graph",
+                        self.label, dict(sig), exc)
             with self._lock:
                 self._refused.add(sig)
                 self._stats["failed"] += 1
